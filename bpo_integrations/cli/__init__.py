@@ -1,0 +1,19 @@
+"""The ``bpo`` command line: ``bpo optimize``, ``bpo serve``, ``bpo check``."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="bpo",
+    help="Black-Box Prompt Optimization: rewrite prompts so that LLMs answer them better.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from bpo_integrations.cli import optimize  # noqa: F401 - registers its command
+
+
+_register()

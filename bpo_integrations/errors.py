@@ -1,0 +1,36 @@
+"""Errors the optimizer raises (with ``on_error="raise"``) or records as fallback reasons."""
+
+from __future__ import annotations
+
+
+class BPOError(Exception):
+    """Base class of every error raised by bpo_integrations."""
+
+
+class BackendError(BPOError):
+    """The optimizer backend failed in a way that retrying will not fix (bad request, bad model)."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be reached (connection refused, DNS, reset). Retried within the budget."""
+
+
+class TransientBackendError(BackendError):
+    """A failure worth retrying (HTTP 429, 503, a reset). ``retry_after`` is the server's hint."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OptimizationTimeoutError(BPOError, TimeoutError):
+    """The optimization did not finish within its latency budget."""
+
+
+class GuardError(BPOError):
+    """The optimizer's output failed a guard (empty, runaway, lost protected content)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,109 @@
+"""Checks that decide whether an optimized prompt may replace the original.
+
+Each check returns ``None`` when the rewrite is acceptable, or a short reason string; the
+optimizer then falls back to the original prompt and records that reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_FENCED_CODE = re.compile(r"```.*?```|~~~.*?~~~", re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"')\]]+|\bwww\.[^\s<>\"')\]]+")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_PLACEHOLDER = re.compile(r"\{\{?[A-Za-z_][\w.\-]*\}?\}")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,:/]\d+)*%?")
+_DOUBLE_QUOTED = re.compile(r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|«[^»\n]{1,300}»")
+_SINGLE_QUOTED = re.compile(r"(?<![\w'])'[^'\n]{1,300}'(?![\w'])")
+
+PROTECTED_PATTERNS: dict[str, re.Pattern[str]] = {
+    "fenced_code": _FENCED_CODE,
+    "inline_code": _INLINE_CODE,
+    "url": _URL,
+    "email": _EMAIL,
+    "placeholder": _PLACEHOLDER,
+    "quoted": _DOUBLE_QUOTED,
+    "single_quoted": _SINGLE_QUOTED,
+    "number": _NUMBER,
+}
+"""The kinds of content of a prompt that a rewrite must keep verbatim, in the order they are cut out."""
+
+
+def protected_spans(text: str) -> list[tuple[str, str]]:
+    """The ``(kind, span)`` pairs of ``text`` that a rewrite must keep verbatim.
+
+    Spans inside an earlier kind (a number in a URL, a URL in a code block) are not listed again.
+
+    Example:
+        >>> protected_spans('Fix `foo()` in {file} and see https://x.org/a?b=1')
+        [('inline_code', '`foo()`'), ('placeholder', '{file}'), ('url', 'https://x.org/a?b=1')]
+    """
+    spans: list[tuple[str, str]] = []
+    remaining = text
+    for kind, pattern in PROTECTED_PATTERNS.items():
+        found = [m.group(0) for m in pattern.finditer(remaining)]
+        if kind == "quoted" or kind == "single_quoted":
+            found = [s for s in found if s[1:-1].strip()]
+        spans.extend((kind, s) for s in found)
+        remaining = pattern.sub(" ", remaining)
+    order = {span: text.find(span) for _, span in spans}
+    return sorted(spans, key=lambda item: order[item[1]])
+
+
+def _normalize_code(span: str) -> str:
+    return re.sub(r"\s+", " ", span).strip()
+
+
+def missing_protected(original: str, rewritten: str) -> list[tuple[str, str]]:
+    """The protected spans of ``original`` that ``rewritten`` does not contain verbatim.
+
+    Code blocks are compared with runs of whitespace collapsed; quoted strings may change quote style.
+    """
+    missing = []
+    collapsed = _normalize_code(rewritten)
+    for kind, span in protected_spans(original):
+        if span in rewritten:
+            continue
+        if kind == "fenced_code" and _normalize_code(span) in collapsed:
+            continue
+        if kind in ("quoted", "single_quoted") and span[1:-1] in rewritten:
+            continue
+        if kind == "url" and span.rstrip(".,;:!?") in rewritten:
+            continue
+        missing.append((kind, span))
+    return missing
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The acceptance rules for a rewrite.
+
+    A rewrite is rejected when it is empty, when it ran away in length (the backend stopped at its
+    token limit, or it is longer than ``max_length_ratio`` times the original plus ``length_slack``
+    characters), or when it dropped protected content (``keep_protected``).
+    """
+
+    max_length_ratio: float = 8.0
+    length_slack: int = 1200
+    keep_protected: bool = True
+    reject_truncated: bool = True
+
+    def check(self, original: str, rewritten: str, *, finish_reason: str = "unknown") -> str | None:
+        if not rewritten.strip():
+            return "empty_output"
+        if self.reject_truncated and finish_reason == "length":
+            return "runaway_output: the optimizer hit its token limit"
+        limit = self.max_length_ratio * len(original) + self.length_slack
+        if len(rewritten) > limit:
+            return f"runaway_output: {len(rewritten)} characters, limit {int(limit)}"
+        if self.keep_protected:
+            missing = missing_protected(original, rewritten)
+            if missing:
+                shown = ", ".join(f"{kind} {span[:40]!r}" for kind, span in missing[:3])
+                return f"lost_protected_content: {shown}"
+        return None
+
+
+NO_GUARDS = Guards(max_length_ratio=float("inf"), keep_protected=False, reject_truncated=False)

@@ -1,0 +1,390 @@
+"""The engine-agnostic optimizer: prompt in, optimized prompt and a result record out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from bpo_integrations._loop import run_sync
+from bpo_integrations.backends.base import Backend
+from bpo_integrations.cache import LRUCache
+from bpo_integrations.errors import (
+    BackendError,
+    BackendUnavailableError,
+    GuardError,
+    OptimizationTimeoutError,
+    TransientBackendError,
+)
+from bpo_integrations.guards import Guards
+from bpo_integrations.postprocess import clean_completion
+from bpo_integrations.result import OptimizationResult
+from bpo_integrations.settings import Generation, GenerationSettings, Mode
+
+OnError = Literal["fallback", "raise"]
+
+
+@dataclass
+class _Item:
+    prompt: str
+    context: str | None
+    current: str
+    rounds: list[str]
+    error: BaseException | None = None
+    done: bool = False
+
+
+class BPOOptimizer:
+    """Rewrites prompts with a BPO model, and never breaks the caller by default.
+
+    Every failure (backend down, timeout, a rewrite that lost protected content) returns the
+    original prompt with ``fell_back=True`` and the reason, unless ``on_error="raise"``.
+
+    Args:
+        backend: where the optimizer model runs; ``None`` uses the local default model.
+        mode: ``"stable"``, ``"aggressive"`` or ``"greedy"`` (see :class:`GenerationSettings`).
+        settings: full generation settings; overrides ``mode``.
+        iterations: rounds of re-optimization (the paper found about four rounds best).
+        timeout: latency budget in seconds for one prompt, retries included; ``None``: no limit.
+        on_error: ``"fallback"`` returns the original prompt, ``"raise"`` raises.
+        max_retries: retries of transient errors (429, 503, connection resets) within the budget.
+        guards: acceptance rules for a rewrite.
+        cache_size: entries of the in-memory LRU cache of rewrites; 0 disables it.
+        max_concurrency: prompts optimized at once by the batch methods.
+        max_input_chars: longer prompts pass through unchanged (``input_too_long``).
+
+    Example:
+        >>> from bpo_integrations import BPOOptimizer
+        >>> from bpo_integrations.backends import CallableBackend
+        >>> opt = BPOOptimizer(CallableBackend(lambda p: f"{p} Please answer in detail."))
+        >>> result = opt.optimize("What is BPO?")
+        >>> result.text, result.fell_back
+        ('What is BPO? Please answer in detail.', False)
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        mode: Mode = "stable",
+        settings: GenerationSettings | None = None,
+        iterations: int = 1,
+        timeout: float | None = 30.0,
+        on_error: OnError = "fallback",
+        max_retries: int = 2,
+        guards: Guards | None = None,
+        cache_size: int = 1024,
+        max_concurrency: int = 8,
+        max_input_chars: int = 8000,
+    ) -> None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds or None, got {timeout}")
+        if on_error not in ("fallback", "raise"):
+            raise ValueError(f"on_error must be 'fallback' or 'raise', got {on_error!r}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if backend is None:
+            from bpo_integrations.backends.local import LocalBackend
+
+            backend = LocalBackend()
+        self.backend = backend
+        self.settings = settings or GenerationSettings.for_mode(mode)
+        self.iterations = iterations
+        self.timeout = timeout
+        self.on_error: OnError = on_error
+        self.max_retries = max_retries
+        self.guards = guards or Guards()
+        self.cache: LRUCache[OptimizationResult] = LRUCache(cache_size)
+        self.max_concurrency = max_concurrency
+        self.max_input_chars = max_input_chars
+
+    def __repr__(self) -> str:
+        return (
+            f"BPOOptimizer(backend={self.backend.name!r}, mode={self.settings.mode!r}, "
+            f"iterations={self.iterations}, timeout={self.timeout})"
+        )
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def optimize(
+        self,
+        prompt: str,
+        *,
+        context: str | None = None,
+        mode: Mode | None = None,
+        iterations: int | None = None,
+    ) -> OptimizationResult:
+        """Optimize one prompt. ``context`` is passed on verbatim, never rewritten."""
+        return self.optimize_batch([prompt], contexts=[context], mode=mode, iterations=iterations)[0]
+
+    async def aoptimize(
+        self,
+        prompt: str,
+        *,
+        context: str | None = None,
+        mode: Mode | None = None,
+        iterations: int | None = None,
+    ) -> OptimizationResult:
+        """Async twin of :meth:`optimize`."""
+        results = await self.aoptimize_batch(
+            [prompt], contexts=[context], mode=mode, iterations=iterations
+        )
+        return results[0]
+
+    def optimize_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | None = None,
+        mode: Mode | None = None,
+        iterations: int | None = None,
+    ) -> list[OptimizationResult]:
+        """Optimize many prompts, ``max_concurrency`` at a time; one result per prompt, in order."""
+        prepared = self._prepare(prompts, contexts, mode, iterations)
+        if all(isinstance(r, OptimizationResult) for r in prepared[0]):
+            return list(prepared[0])  # type: ignore[arg-type]
+        return run_sync(self._run(*prepared))
+
+    async def aoptimize_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | None = None,
+        mode: Mode | None = None,
+        iterations: int | None = None,
+    ) -> list[OptimizationResult]:
+        """Async twin of :meth:`optimize_batch`."""
+        prepared = self._prepare(prompts, contexts, mode, iterations)
+        return await self._run(*prepared)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _settings_for(self, mode: Mode | None) -> GenerationSettings:
+        if mode is None or mode == self.settings.mode:
+            return self.settings
+        return GenerationSettings.for_mode(
+            mode, max_new_tokens=self.settings.max_new_tokens, seed=self.settings.seed
+        )
+
+    def _cache_key(
+        self, prompt: str, settings: GenerationSettings, iterations: int
+    ) -> Hashable:
+        return (self.backend.cache_identity(), prompt, settings.cache_key(), iterations)
+
+    def _prepare(
+        self,
+        prompts: Sequence[str],
+        contexts: Sequence[str | None] | None,
+        mode: Mode | None,
+        iterations: int | None,
+    ) -> tuple[list[OptimizationResult | _Item], GenerationSettings, int, float]:
+        """Validate inputs and answer what needs no backend call (bad input, cache hits)."""
+        started = time.perf_counter()
+        if isinstance(prompts, str):
+            raise TypeError("optimize_batch takes a list of prompts, not a single string")
+        if contexts is None:
+            contexts = [None] * len(prompts)
+        if len(contexts) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts")
+        rounds = self.iterations if iterations is None else iterations
+        if rounds < 1:
+            raise ValueError(f"iterations must be >= 1, got {rounds}")
+        settings = self._settings_for(mode)
+        slots: list[OptimizationResult | _Item] = []
+        for prompt, context in zip(prompts, contexts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"a prompt must be a str, got {type(prompt).__name__}")
+            if context is not None and not isinstance(context, str):
+                raise TypeError(f"a context must be a str or None, got {type(context).__name__}")
+            if not prompt.strip():
+                slots.append(self._passthrough(prompt, context, "empty_input", started))
+            elif len(prompt) > self.max_input_chars:
+                reason = f"input_too_long: {len(prompt)} characters, limit {self.max_input_chars}"
+                slots.append(self._passthrough(prompt, context, reason, started))
+            else:
+                hit = self.cache.get(self._cache_key(prompt, settings, rounds))
+                if hit is not None:
+                    latency = time.perf_counter() - started
+                    slots.append(
+                        OptimizationResult(
+                            original=prompt,
+                            optimized=hit.optimized,
+                            backend=hit.backend,
+                            latency_s=latency,
+                            context=context,
+                            rounds=hit.rounds,
+                            cached=True,
+                        )
+                    )
+                else:
+                    slots.append(_Item(prompt=prompt, context=context, current=prompt, rounds=[]))
+        return slots, settings, rounds, started
+
+    def _passthrough(
+        self, prompt: str, context: str | None, reason: str, started: float
+    ) -> OptimizationResult:
+        if self.on_error == "raise" and not reason.startswith("empty_input"):
+            raise ValueError(f"prompt not optimized: {reason}")
+        return OptimizationResult(
+            original=prompt,
+            optimized=prompt,
+            backend=self.backend.name,
+            latency_s=time.perf_counter() - started,
+            context=context,
+            fell_back=True,
+            fallback_reason=reason,
+        )
+
+    async def _run(
+        self,
+        slots: list[OptimizationResult | _Item],
+        settings: GenerationSettings,
+        iterations: int,
+        started: float,
+    ) -> list[OptimizationResult]:
+        items = [s for s in slots if isinstance(s, _Item)]
+        if items:
+            deadline = None if self.timeout is None else started + self.timeout
+            chunk = max(1, self.backend.max_batch_size)
+            groups = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+            semaphore = asyncio.Semaphore(self.max_concurrency)
+
+            async def run_group(group: list[_Item]) -> None:
+                async with semaphore:
+                    await self._optimize_group(group, settings, iterations, deadline)
+
+            await asyncio.gather(*(run_group(g) for g in groups))
+        return [s if isinstance(s, OptimizationResult) else self._finish(s, settings, iterations, started) for s in slots]
+
+    async def _optimize_group(
+        self,
+        group: list[_Item],
+        settings: GenerationSettings,
+        iterations: int,
+        deadline: float | None,
+    ) -> None:
+        """Run the rounds for a group of prompts that share one backend call per round."""
+        for round_index in range(iterations):
+            active = [item for item in group if not item.done]
+            if not active:
+                return
+            try:
+                generations = await self._generate(
+                    [item.current for item in active], settings, deadline
+                )
+            except Exception as error:  # noqa: BLE001 - every failure becomes a fallback reason
+                for item in active:
+                    if round_index == 0:
+                        item.error = error
+                    item.done = True
+                return
+            for item, generation in zip(active, generations):
+                rewrite = clean_completion(generation.text, cut_markers=settings.stop)
+                reason = self.guards.check(
+                    item.prompt, rewrite, finish_reason=generation.finish_reason
+                )
+                if reason is not None:
+                    if round_index == 0:
+                        item.error = GuardError(*reason.split(": ", 1))
+                    item.done = True
+                    continue
+                item.rounds.append(rewrite)
+                item.current = rewrite
+
+    async def _generate(
+        self, prompts: list[str], settings: GenerationSettings, deadline: float | None
+    ) -> list[Generation]:
+        def remaining() -> float | None:
+            return None if deadline is None else deadline - time.perf_counter()
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            hinted = getattr(error, "retry_after", None)
+            backoff = min(0.1 * 2 ** (state.attempt_number - 1), 2.0)
+            delay = hinted if hinted is not None else backoff
+            left = remaining()
+            if left is not None and delay >= left:
+                raise OptimizationTimeoutError(
+                    f"retry in {delay:.2f}s would exceed the latency budget ({left:.2f}s left)"
+                ) from error
+            return delay
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=wait,
+            retry=retry_if_exception_type((TransientBackendError, BackendUnavailableError)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                left = remaining()
+                if left is not None and left <= 0:
+                    raise OptimizationTimeoutError("latency budget spent before the call")
+                call = self.backend.agenerate(prompts, settings, timeout=left)
+                try:
+                    generations = await asyncio.wait_for(call, timeout=left)
+                except asyncio.TimeoutError as error:
+                    raise OptimizationTimeoutError(
+                        f"no answer from the {self.backend.name} backend within {self.timeout}s"
+                    ) from error
+                if len(generations) != len(prompts):
+                    raise BackendError(
+                        f"{self.backend.name} returned {len(generations)} rewrites "
+                        f"for {len(prompts)} prompts"
+                    )
+                return generations
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _finish(
+        self, item: _Item, settings: GenerationSettings, iterations: int, started: float
+    ) -> OptimizationResult:
+        latency = time.perf_counter() - started
+        if item.error is not None or not item.rounds:
+            error = item.error or GuardError("empty_output")
+            if self.on_error == "raise":
+                raise error
+            return OptimizationResult(
+                original=item.prompt,
+                optimized=item.prompt,
+                backend=self.backend.name,
+                latency_s=latency,
+                context=item.context,
+                fell_back=True,
+                fallback_reason=_reason(error),
+                error=repr(error),
+            )
+        result = OptimizationResult(
+            original=item.prompt,
+            optimized=item.rounds[-1],
+            backend=self.backend.name,
+            latency_s=latency,
+            context=item.context,
+            rounds=tuple(item.rounds),
+        )
+        self.cache.put(self._cache_key(item.prompt, settings, iterations), result)
+        return result
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, GuardError):
+        return str(error)
+    if isinstance(error, OptimizationTimeoutError | asyncio.TimeoutError):
+        return f"timeout: {error}"
+    if isinstance(error, TransientBackendError):
+        return f"backend_overloaded: {error}"
+    if isinstance(error, BackendUnavailableError):
+        return f"backend_unavailable: {error}"
+    if isinstance(error, BackendError):
+        return f"backend_error: {error}"
+    return f"unexpected_error: {type(error).__name__}: {error}"
