@@ -45,6 +45,6 @@ def tgi_openapi(shared_dir: Path) -> dict[str, Any]:
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny Llama model and tokenizer, saved once per test session."""
     pytest.importorskip("torch")
-    from bpo_integrations.testing import build_tiny_llama
+    from bpo_integrations.testing.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
