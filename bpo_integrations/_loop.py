@@ -32,5 +32,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the background loop and wait for its result in the calling thread."""
     if threading.current_thread().name == "bpo-integrations-loop":
         coro.close()
-        raise RuntimeError("the sync API was called from inside an async backend: use the async API")
+        raise RuntimeError(
+            "the sync API was called from inside an async backend: use the async API"
+        )
     return asyncio.run_coroutine_threadsafe(coro, _background_loop()).result()

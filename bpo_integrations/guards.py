@@ -28,7 +28,7 @@ PROTECTED_PATTERNS: dict[str, re.Pattern[str]] = {
     "single_quoted": _SINGLE_QUOTED,
     "number": _NUMBER,
 }
-"""The kinds of content of a prompt that a rewrite must keep verbatim, in the order they are cut out."""
+"""Content kinds a rewrite must keep verbatim, in the order they are cut out of the prompt."""
 
 
 def protected_spans(text: str) -> list[tuple[str, str]]:
@@ -59,7 +59,7 @@ def _normalize_code(span: str) -> str:
 def missing_protected(original: str, rewritten: str) -> list[tuple[str, str]]:
     """The protected spans of ``original`` that ``rewritten`` does not contain verbatim.
 
-    Code blocks are compared with runs of whitespace collapsed; quoted strings may change quote style.
+    Code blocks are compared with whitespace runs collapsed; quoted strings may change quote style.
     """
     missing = []
     collapsed = _normalize_code(rewritten)

@@ -123,7 +123,9 @@ class BPOOptimizer:
         iterations: int | None = None,
     ) -> OptimizationResult:
         """Optimize one prompt. ``context`` is passed on verbatim, never rewritten."""
-        return self.optimize_batch([prompt], contexts=[context], mode=mode, iterations=iterations)[0]
+        return self.optimize_batch([prompt], contexts=[context], mode=mode, iterations=iterations)[
+            0
+        ]
 
     async def aoptimize(
         self,
@@ -177,9 +179,7 @@ class BPOOptimizer:
             mode, max_new_tokens=self.settings.max_new_tokens, seed=self.settings.seed
         )
 
-    def _cache_key(
-        self, prompt: str, settings: GenerationSettings, iterations: int
-    ) -> Hashable:
+    def _cache_key(self, prompt: str, settings: GenerationSettings, iterations: int) -> Hashable:
         return (self.backend.cache_identity(), prompt, settings.cache_key(), iterations)
 
     def _prepare(
@@ -202,7 +202,7 @@ class BPOOptimizer:
             raise ValueError(f"iterations must be >= 1, got {rounds}")
         settings = self._settings_for(mode)
         slots: list[OptimizationResult | _Item] = []
-        for prompt, context in zip(prompts, contexts):
+        for prompt, context in zip(prompts, contexts, strict=True):
             if not isinstance(prompt, str):
                 raise TypeError(f"a prompt must be a str, got {type(prompt).__name__}")
             if context is not None and not isinstance(context, str):
@@ -265,7 +265,12 @@ class BPOOptimizer:
                     await self._optimize_group(group, settings, iterations, deadline)
 
             await asyncio.gather(*(run_group(g) for g in groups))
-        return [s if isinstance(s, OptimizationResult) else self._finish(s, settings, iterations, started) for s in slots]
+        return [
+            s
+            if isinstance(s, OptimizationResult)
+            else self._finish(s, settings, iterations, started)
+            for s in slots
+        ]
 
     async def _optimize_group(
         self,
@@ -283,13 +288,13 @@ class BPOOptimizer:
                 generations = await self._generate(
                     [item.current for item in active], settings, deadline
                 )
-            except Exception as error:  # noqa: BLE001 - every failure becomes a fallback reason
+            except Exception as error:
                 for item in active:
                     if round_index == 0:
                         item.error = error
                     item.done = True
                 return
-            for item, generation in zip(active, generations):
+            for item, generation in zip(active, generations, strict=True):
                 rewrite = clean_completion(generation.text, cut_markers=settings.stop)
                 reason = self.guards.check(
                     item.prompt, rewrite, finish_reason=generation.finish_reason

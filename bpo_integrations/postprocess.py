@@ -7,10 +7,13 @@ from collections.abc import Iterable
 
 from bpo_integrations.template import BPO_INSTRUCTION
 
-_SPECIAL_TOKENS = re.compile(r"</s>|<s>|<\|im_end\|>|<\|im_start\|>(?:assistant|user|system)?|<\|endoftext\|>|<\|eot_id\|>")
+_SPECIAL_TOKENS = re.compile(
+    r"</s>|<s>|<\|im_end\|>|<\|im_start\|>(?:assistant|user|system)?|<\|endoftext\|>|<\|eot_id\|>"
+)
 _MARKERS = re.compile(r"\[(?:PROTECT|/PROTECT|KEEP|/KEEP|INSTRUCTION|/INSTRUCTION|INST|/INST)\]")
 _LABEL = re.compile(
-    r"^\s*(?:\*\*)?(?:here is |here's )?(?:the |an |my )?(?:optimi[sz]ed|improved|revised|rewritten|better)"
+    r"^\s*(?:\*\*)?(?:here is |here's )?(?:the |an |my )?"
+    r"(?:optimi[sz]ed|improved|revised|rewritten|better)"
     r"(?: version of the)? (?:prompt|instruction|query)(?:\*\*)?\s*(?:is)?\s*[:：]\s*",
     re.IGNORECASE,
 )

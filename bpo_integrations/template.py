@@ -1,4 +1,4 @@
-"""The BPO optimizer's prompt format, exactly as the paper's model (``THUDM/BPO``) was trained on."""
+"""The BPO optimizer's prompt format, exactly as the paper's model ``THUDM/BPO`` was trained on."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def format_bpo_prompt(prompt: str) -> str:
 
 
 def format_bpo_message(prompt: str) -> str:
-    """The user message for a BPO model served behind a chat API (its chat template adds ``[INST]``)."""
+    """The user message for a BPO model behind a chat API (its chat template adds ``[INST]``)."""
     return f"{BPO_INSTRUCTION}\n{prompt}"
 
 

@@ -27,7 +27,7 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 512):  # noqa: ANN201 - transformers type
+def build_tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer trained on a few sentences: covers any text, offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -54,8 +54,10 @@ def build_tiny_tokenizer(vocab_size: int = 512):  # noqa: ANN201 - transformers 
     return fast
 
 
-def build_tiny_llama(path: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
-    """Save a randomly initialised tiny Llama model and its tokenizer to ``path``; return the path."""
+def build_tiny_llama(
+    path: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2
+) -> Path:
+    """Save a random tiny Llama model and its tokenizer to ``path``; return the path."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
