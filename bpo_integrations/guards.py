@@ -44,6 +44,8 @@ def protected_spans(text: str) -> list[tuple[str, str]]:
     remaining = text
     for kind, pattern in PROTECTED_PATTERNS.items():
         found = [m.group(0) for m in pattern.finditer(remaining)]
+        if kind == "url":
+            found = [s.rstrip(".,;:!?") for s in found]
         if kind == "quoted" or kind == "single_quoted":
             found = [s for s in found if s[1:-1].strip()]
         spans.extend((kind, s) for s in found)
