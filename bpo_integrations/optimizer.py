@@ -13,6 +13,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from bpo_integrations._loop import run_sync
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.cache import LRUCache
+from bpo_integrations.circuit import CircuitBreaker
 from bpo_integrations.errors import (
     BackendError,
     BackendUnavailableError,
@@ -56,6 +57,7 @@ class BPOOptimizer:
         cache_size: entries of the in-memory LRU cache of rewrites; 0 disables it.
         max_concurrency: prompts optimized at once by the batch methods.
         max_input_chars: longer prompts pass through unchanged (``input_too_long``).
+        circuit_breaker: skips the backend after repeated failures (see :class:`CircuitBreaker`).
 
     Example:
         >>> from bpo_integrations import BPOOptimizer
@@ -80,6 +82,7 @@ class BPOOptimizer:
         cache_size: int = 1024,
         max_concurrency: int = 8,
         max_input_chars: int = 8000,
+        circuit_breaker: CircuitBreaker | None = None,
     ) -> None:
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -105,6 +108,7 @@ class BPOOptimizer:
         self.cache: LRUCache[OptimizationResult] = LRUCache(cache_size)
         self.max_concurrency = max_concurrency
         self.max_input_chars = max_input_chars
+        self.circuit = circuit_breaker or CircuitBreaker()
 
     def __repr__(self) -> str:
         return (
@@ -214,7 +218,9 @@ class BPOOptimizer:
                 slots.append(self._passthrough(prompt, context, reason, started))
             else:
                 hit = self.cache.get(self._cache_key(prompt, settings, rounds))
-                if hit is not None:
+                if hit is None and not self.circuit.allow():
+                    slots.append(self._passthrough(prompt, context, "circuit_open", started))
+                elif hit is not None:
                     latency = time.perf_counter() - started
                     slots.append(
                         OptimizationResult(
@@ -234,7 +240,12 @@ class BPOOptimizer:
     def _passthrough(
         self, prompt: str, context: str | None, reason: str, started: float
     ) -> OptimizationResult:
-        if self.on_error == "raise" and not reason.startswith("empty_input"):
+        if self.on_error == "raise" and reason == "circuit_open":
+            raise BackendUnavailableError(
+                f"the {self.backend.name} backend failed {self.circuit.consecutive_failures} times "
+                f"in a row; skipped for {self.circuit.cooldown_s}s (circuit open)"
+            )
+        if self.on_error == "raise" and reason.startswith("input_too_long"):
             raise ValueError(f"prompt not optimized: {reason}")
         return OptimizationResult(
             original=prompt,
@@ -289,11 +300,13 @@ class BPOOptimizer:
                     [item.current for item in active], settings, deadline
                 )
             except Exception as error:
+                self.circuit.record_failure()
                 for item in active:
                     if round_index == 0:
                         item.error = error
                     item.done = True
                 return
+            self.circuit.record_success()
             for item, generation in zip(active, generations, strict=True):
                 rewrite = clean_completion(generation.text, cut_markers=settings.stop)
                 reason = self.guards.check(

@@ -235,3 +235,25 @@ def test_invalid_arguments_fail_at_construction() -> None:
         BPOOptimizer(RecordingBackend(), timeout=0)
     with pytest.raises(ValueError, match="unknown mode"):
         GenerationSettings.for_mode("wild")  # type: ignore[arg-type]
+
+
+def test_circuit_opens_after_consecutive_failures_then_probes() -> None:
+    from bpo_integrations.circuit import CircuitBreaker
+
+    backend = FlakyBackend([BackendError("down")] * 3)
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=0.2)
+    optimizer = BPOOptimizer(backend, circuit_breaker=breaker, cache_size=0)
+    reasons = [optimizer.optimize(f"p{i}").fallback_reason for i in range(4)]
+    assert reasons[:2] == ["backend_error: down"] * 2
+    assert reasons[2:] == ["circuit_open"] * 2
+    assert backend.attempts == 2 and breaker.state == "open"
+    started = time.perf_counter()
+    optimizer.optimize("skipped")
+    assert time.perf_counter() - started < 0.01  # no added latency while open
+    time.sleep(0.25)
+    assert breaker.state == "half_open"
+    assert optimizer.optimize("probe").fallback_reason == "backend_error: down"
+    assert breaker.state == "open" and backend.attempts == 3  # one probe, re-opened
+    time.sleep(0.25)
+    assert optimizer.optimize("probe again").optimized == "probe again Be specific."
+    assert breaker.state == "closed" and breaker.consecutive_failures == 0
