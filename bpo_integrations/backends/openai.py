@@ -1,0 +1,372 @@
+"""Optimizer backends on an OpenAI-compatible chat API (``openai`` client).
+
+- :class:`OpenAIBackend`: the BPO model served behind a chat API (vLLM, TGI's Messages API,
+  ``bpo serve``), given the BPO user message.
+- :class:`OpenAIPromptEngineerBackend`: a general chat model (gpt-4o, ...) instructed to act as a
+  prompt engineer, the BPO paper's "optimize without feedback" baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn
+
+from bpo_integrations.backends._http import parse_retry_after
+from bpo_integrations.backends.base import Backend
+from bpo_integrations.errors import (
+    BackendError,
+    BackendUnavailableError,
+    OptimizationTimeoutError,
+    TransientBackendError,
+)
+from bpo_integrations.settings import Generation, GenerationSettings
+from bpo_integrations.template import format_bpo_message
+
+try:
+    import openai
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the OpenAI backends need openai>=1.40: pip install 'bpo-integrations[openai]'"
+    ) from error
+
+DEFAULT_PROMPT_ENGINEER_INSTRUCTION = (
+    "You are an expert prompt engineer. Rewrite the user's prompt, given between <prompt> and "
+    "</prompt>, so that a large language model gives a more helpful and harmless response: make "
+    "the intent explicit, say what a good answer should cover (key points, structure, level of "
+    "detail, format) and clarify vague wording. Do not answer the prompt and do not change its "
+    "task.\n"
+    "Keep every fact, name, number, code block, quotation, URL and placeholder (such as {name}) "
+    "exactly as written, and write in the prompt's language.\n"
+    "Output only the rewritten prompt, without the <prompt> tags, preamble, explanation or "
+    "quotes."
+)
+"""The system instruction of :class:`OpenAIPromptEngineerBackend`."""
+
+_TRANSIENT_STATUS = (429, 502, 503, 504)
+_START_HINT = (
+    "start an OpenAI-compatible server, e.g. `bpo serve --port 8000` (base_url "
+    "'http://localhost:8000/v1') or `vllm serve THUDM/BPO`"
+)
+
+
+class _ChatBackend(Backend):
+    """Shared client, settings mapping, concurrency and error mapping of the chat backends."""
+
+    kind = "openai"
+    max_batch_size = 1
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        max_concurrency: int = 16,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(
+                f"model must be the served model's name (GET {{base_url}}/models), got {model!r}"
+            )
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds or None, got {timeout}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if api_key is None:
+            if base_url is None:
+                raise ValueError(
+                    "no API key: pass api_key=... or set OPENAI_API_KEY (or pass base_url=... "
+                    "for a self-hosted server that needs no key)"
+                )
+            api_key = "EMPTY"  # self-hosted servers (vLLM, TGI) accept any key
+        self.model = model
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self._client_kwargs: dict[str, Any] = {
+            "api_key": api_key,
+            "base_url": self.base_url,
+            "max_retries": 0,  # the optimizer retries, within its latency budget
+            "default_headers": dict(default_headers or {}) or None,
+        }
+        self._sync_client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+    @property
+    def _where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    @abstractmethod
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        """The chat messages sent for one user prompt."""
+
+    def completion_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for ``settings``."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature if settings.do_sample else 0.0,
+            "top_p": settings.top_p if settings.do_sample else 1.0,
+        }
+        if settings.seed is not None:
+            kwargs["seed"] = settings.seed
+        if settings.stop:
+            kwargs["stop"] = list(settings.stop)
+        return kwargs
+
+    def _request_timeout(self, timeout: float | None) -> float | None:
+        if timeout is not None and timeout <= 0:
+            raise OptimizationTimeoutError(f"latency budget spent before the call to {self._where}")
+        limits = [t for t in (self.timeout, timeout) if t is not None]
+        return min(limits) if limits else None
+
+    def _create_kwargs(self, prompt: str, settings: GenerationSettings, timeout: float | None):
+        kwargs = {"messages": self.messages(prompt), **self.completion_kwargs(settings)}
+        request_timeout = self._request_timeout(timeout)
+        if request_timeout is not None:
+            kwargs["timeout"] = request_timeout
+        return kwargs
+
+    def _client(self) -> openai.OpenAI:
+        with self._lock:
+            if self._sync_client is None:
+                self._sync_client = openai.OpenAI(**self._client_kwargs)
+            return self._sync_client
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
+    ) -> list[Generation]:
+        client = self._client()
+        started = time.perf_counter()
+
+        def one(prompt: str) -> Generation:
+            try:
+                completion = client.chat.completions.create(
+                    **self._create_kwargs(prompt, settings, timeout)
+                )
+            except Exception as error:
+                self._raise_mapped(error, started)
+            return self._to_generation(completion)
+
+        if len(prompts) <= 1:
+            return [one(p) for p in prompts]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
+            return list(pool.map(one, prompts))
+
+    async def agenerate(
+        self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
+    ) -> list[Generation]:
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        started = time.perf_counter()
+        # One client per call: its connection pool belongs to the running event loop.
+        async with openai.AsyncOpenAI(**self._client_kwargs) as client:
+
+            async def one(prompt: str) -> Generation:
+                async with semaphore:
+                    try:
+                        completion = await client.chat.completions.create(
+                            **self._create_kwargs(prompt, settings, timeout)
+                        )
+                    except Exception as error:
+                        self._raise_mapped(error, started)
+                return self._to_generation(completion)
+
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    def _to_generation(self, completion: Any) -> Generation:
+        try:
+            choice = completion.choices[0]
+            text = choice.message.content
+            finish = choice.finish_reason
+        except (AttributeError, IndexError, TypeError) as error:
+            raise BackendError(
+                f"{self._where} answered a chat completion without a choice: {completion!r:.200}"
+            ) from error
+        usage = getattr(completion, "usage", None)
+        return Generation(
+            text=self._clean(text or ""),
+            finish_reason="length"
+            if finish == "length"
+            else ("eos_token" if finish else "unknown"),
+            generated_tokens=getattr(usage, "completion_tokens", None),
+            extra={"finish_reason": finish, "model": getattr(completion, "model", None)},
+        )
+
+    def _clean(self, text: str) -> str:
+        return text
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._sync_client = self._sync_client, None
+        if client is not None:
+            client.close()
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _raise_mapped(self, error: Exception, started: float) -> NoReturn:
+        mapped = self._map_error(error, time.perf_counter() - started)
+        if mapped is error:
+            raise error
+        raise mapped from error
+
+    def _map_error(self, error: BaseException, elapsed: float) -> BaseException:
+        where = self._where
+        if isinstance(error, BackendError | OptimizationTimeoutError):
+            return error
+        if isinstance(error, openai.APITimeoutError):
+            return OptimizationTimeoutError(f"no answer from {where} after {elapsed:.2f}s")
+        if isinstance(error, openai.APIConnectionError):
+            cause = error.__cause__ or error
+            if type(cause).__name__ != "ConnectError":
+                return BackendUnavailableError(
+                    f"{where} closed the connection without answering ({cause})"
+                )
+            hint = f": {_START_HINT}" if self.base_url else ""
+            return BackendUnavailableError(
+                f"cannot connect to the chat API at {where} ({cause}){hint}"
+            )
+        if isinstance(error, openai.NotFoundError):
+            return BackendError(
+                f"model {self.model!r} not found at {where} ({_status_text(error)}): list the "
+                f"served models with `curl {self.base_url or 'https://api.openai.com/v1'}/models` "
+                f"or openai.OpenAI(base_url=...).models.list(), and pass one as model="
+            )
+        if isinstance(error, openai.APIStatusError):
+            status = error.status_code
+            text = f"{where} answered HTTP {status}: {_status_text(error)}"
+            if status in _TRANSIENT_STATUS:
+                retry_after = parse_retry_after(error.response.headers.get("retry-after"))
+                return TransientBackendError(text, retry_after=retry_after)
+            if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+                text += " (pass api_key=... or set OPENAI_API_KEY)"
+            return BackendError(text)
+        if isinstance(error, json.JSONDecodeError | openai.APIResponseValidationError):
+            return BackendError(f"{where} answered malformed JSON: {error}")
+        return BackendError(f"{where} failed: {type(error).__name__}: {error}")
+
+
+def _status_text(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, str) and body:
+        return body
+    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+        return body["message"]
+    return error.message
+
+
+class OpenAIBackend(_ChatBackend):
+    """The BPO model served behind an OpenAI-compatible chat API (vLLM, TGI ``/v1``, ``bpo serve``).
+
+    The user message is the BPO instruction and the prompt
+    (:func:`~bpo_integrations.template.format_bpo_message`); the server's chat template adds
+    ``[INST] ... [/INST]``. ``temperature``, ``top_p``, ``max_tokens`` (``max_new_tokens``),
+    ``seed`` and ``stop`` come from the :class:`GenerationSettings`; greedy settings send
+    ``temperature=0``. The chat API has no bad-word list or minimum length, so the aggressive
+    mode's cut markers are sent as ``stop``. The client's own retries are off
+    (``max_retries=0``): the optimizer retries within its latency budget.
+
+    Args:
+        model: the served model's name (``GET {base_url}/models``).
+        base_url: e.g. ``"http://localhost:8000/v1"``; defaults to ``$OPENAI_BASE_URL``.
+        api_key: defaults to ``$OPENAI_API_KEY``, or ``"EMPTY"`` when ``base_url`` is set.
+        timeout: request timeout in seconds; the optimizer's remaining budget caps it per call.
+        max_concurrency: concurrent requests for a list of prompts.
+        default_headers: extra HTTP headers for every request.
+
+    Example:
+        >>> from bpo_integrations import BPOOptimizer
+        >>> from bpo_integrations.testing.servers import ScriptedServer
+        >>> rewrite = "List three uses of Python, with one example each."
+        >>> with ScriptedServer(lambda message: rewrite, model_id="THUDM/BPO") as server:
+        ...     backend = OpenAIBackend("THUDM/BPO", base_url=server.url + "/v1")
+        ...     BPOOptimizer(backend, timeout=10).optimize("python uses?").text
+        'List three uses of Python, with one example each.'
+    """
+
+    name = "openai"
+
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": format_bpo_message(prompt)}]
+
+    def cache_identity(self) -> Hashable:
+        return ("openai", self.base_url, self.model)
+
+
+class OpenAIPromptEngineerBackend(_ChatBackend):
+    """A general chat model (gpt-4o, a local instruct model) acting as the prompt engineer.
+
+    Sends ``instruction`` as the system message and the prompt, between ``<prompt>`` tags, as the
+    user message. This is the BPO paper's "optimize without feedback" baseline: no BPO model
+    needed, at the cost of a large model's latency and price. Settings map as in
+    :class:`OpenAIBackend`.
+
+    Args:
+        model: the chat model, e.g. ``"gpt-4o-mini"``.
+        instruction: the system instruction (default :data:`DEFAULT_PROMPT_ENGINEER_INSTRUCTION`).
+        base_url, api_key, timeout, max_concurrency, default_headers: as in
+            :class:`OpenAIBackend`.
+
+    Example:
+        >>> from bpo_integrations import BPOOptimizer
+        >>> from bpo_integrations.testing.servers import ScriptedServer
+        >>> rewrite = "Explain recursion to a beginner, with a short Python example."
+        >>> with ScriptedServer(lambda message: rewrite, model_id="gpt-4o-mini") as server:
+        ...     backend = OpenAIPromptEngineerBackend("gpt-4o-mini", base_url=server.url + "/v1")
+        ...     BPOOptimizer(backend, timeout=10).optimize("what is recursion").text
+        'Explain recursion to a beginner, with a short Python example.'
+    """
+
+    name = "openai-prompt-engineer"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        instruction: str = DEFAULT_PROMPT_ENGINEER_INSTRUCTION,
+        timeout: float | None = None,
+        max_concurrency: int = 16,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("instruction must be a non-empty system instruction")
+        super().__init__(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            default_headers=default_headers,
+        )
+        self.instruction = instruction
+
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": self.instruction},
+            {"role": "user", "content": f"<prompt>\n{prompt}\n</prompt>"},
+        ]
+
+    def _clean(self, text: str) -> str:
+        stripped = text.strip()
+        if stripped.startswith("<prompt>") and stripped.endswith("</prompt>"):
+            return stripped[len("<prompt>") : -len("</prompt>")].strip()
+        return text
+
+    def cache_identity(self) -> Hashable:
+        return ("openai-prompt-engineer", self.base_url, self.model, self.instruction)

@@ -1,0 +1,653 @@
+"""A real HTTP server on 127.0.0.1 that speaks TGI's and OpenAI's chat API with scripted answers.
+
+Standard library only. It answers with ``responder(text)`` and can inject faults (HTTP errors with
+``Retry-After``, hangs, malformed JSON, dropped connections, empty or runaway completions), so that
+clients and backends are tested against real sockets rather than mocks.
+
+Response shapes follow TGI's published OpenAPI schema (``GenerateResponse``, ``StreamResponse``,
+``Info``, ``ErrorResponse``, ``ChatCompletion``, ``ChatCompletionChunk``, ``ModelInfo``).
+
+Example:
+    >>> from huggingface_hub import InferenceClient
+    >>> with ScriptedServer(lambda text: "Explain it step by step.") as server:
+    ...     with hf_inference_online():
+    ...         InferenceClient(server.url).text_generation("Why?", max_new_tokens=20)
+    'Explain it step by step.'
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal
+
+FaultKind = Literal["status", "hang", "malformed_json", "drop_connection", "empty", "runaway"]
+
+_ERROR_TYPES = {
+    422: "validation",
+    424: "generation",
+    429: "overloaded",
+    500: "incomplete_generation",
+    503: "unavailable",
+}
+_RUNAWAY_WORDS = 4000
+_MAX_HANG_S = 120.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted failure, consumed by the next request the server receives.
+
+    - ``status``: answer HTTP ``status`` with a TGI ``ErrorResponse`` body, and a ``Retry-After``
+      header when ``retry_after`` is set.
+    - ``hang``: wait ``seconds`` (at most 120, and never past :meth:`ScriptedServer.stop`), then
+      answer normally.
+    - ``malformed_json``: answer 200 with a truncated JSON body (or SSE event).
+    - ``drop_connection``: close the socket without answering.
+    - ``empty``: answer an empty completion.
+    - ``runaway``: answer a very long completion with ``finish_reason`` ``"length"``.
+    """
+
+    kind: FaultKind
+    status: int = 503
+    retry_after: float | None = None
+    seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        kinds = ("status", "hang", "malformed_json", "drop_connection", "empty", "runaway")
+        if self.kind not in kinds:
+            raise ValueError(f"unknown fault kind {self.kind!r}: choose one of {kinds}")
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"a fault status must be an HTTP error (400-599), got {self.status}")
+        if not 0 <= self.seconds <= _MAX_HANG_S:
+            raise ValueError(f"hang seconds must be in [0, {_MAX_HANG_S}], got {self.seconds}")
+
+
+@dataclass(frozen=True)
+class _Completion:
+    text: str
+    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    words: list[str]
+    seed: int | None
+
+
+class _ValidationError(Exception):
+    pass
+
+
+def _echo(text: str) -> str:
+    return text
+
+
+def _split_words(text: str) -> list[str]:
+    """One token per whitespace-separated word, each keeping its leading whitespace."""
+    words: list[str] = []
+    current = ""
+    for char in text:
+        if char.isspace() and current.strip():
+            words.append(current)
+            current = ""
+        current += char
+    if current:
+        words.append(current)
+    return words
+
+
+class ScriptedServer:
+    """A TGI- and OpenAI-compatible HTTP server on 127.0.0.1 with scripted answers and faults.
+
+    ``responder(text)`` returns the completion: ``text`` is TGI's ``inputs`` for ``/generate``,
+    ``/generate_stream`` and ``/``, or the last user message for ``/v1/chat/completions``. The
+    default echoes ``text``. ``max_new_tokens``/``max_tokens`` truncate the completion (one token
+    per word, ``finish_reason`` ``"length"``) and ``stop`` cuts it, as a real server does.
+
+    ``requests`` records ``(path, json_body)`` of every request, in order (``{}`` for GET), and
+    ``request_headers`` their headers (lower-case names).
+
+    Endpoints: ``POST /generate``, ``POST /generate_stream``, ``POST /`` (TGI's compat route),
+    ``GET /info``, ``GET /health``, ``POST /v1/chat/completions`` (``stream`` too) and
+    ``GET /v1/models``. TGI answers ``/v1/models`` with one ``ModelInfo``; this server adds the
+    ``data`` list that OpenAI clients read, so both kinds of client work.
+
+    Example:
+        >>> import httpx
+        >>> with ScriptedServer(str.upper) as server:
+        ...     server.inject(Fault("status", status=429, retry_after=1))
+        ...     first = httpx.post(server.url + "/generate", json={"inputs": "hi"})
+        ...     second = httpx.post(server.url + "/generate", json={"inputs": "hi"})
+        >>> first.status_code, first.headers["retry-after"], second.json()["generated_text"]
+        (429, '1', 'HI')
+    """
+
+    def __init__(
+        self,
+        responder: Callable[[str], str] | None = None,
+        *,
+        model_id: str = "scripted-bpo",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.responder: Callable[[str], str] = responder or _echo
+        self.model_id = model_id
+        self.host = host
+        self.port = port
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` once started."""
+        if self._httpd is None:
+            raise RuntimeError("the server is not running: call start() or use it as a context")
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def start(self) -> ScriptedServer:
+        """Bind and serve in a daemon thread; returns ``self``."""
+        if self._httpd is not None:
+            raise RuntimeError("the server is already running")
+        self._stopping.clear()
+        httpd = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        httpd.daemon_threads = True
+        httpd.block_on_close = False
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"scripted-server-{httpd.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wake hanging handlers, close open connections and the listening socket."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+            handlers = list(self._handlers)
+        for conn in connections:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for handler in handlers:
+            handler.join(timeout=5)
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- scripting ----------------------------------------------------------------------------
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults: each subsequent request (any endpoint) consumes the next one."""
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"inject() takes Fault objects, got {type(fault).__name__}")
+        with self._lock:
+            self._faults.extend(faults)
+
+    @property
+    def pending_faults(self) -> int:
+        """Faults injected but not consumed yet."""
+        with self._lock:
+            return len(self._faults)
+
+    def paths(self) -> list[str]:
+        """The paths of the requests received so far, in order."""
+        with self._lock:
+            return [path for path, _ in self.requests]
+
+    # -- internals used by the handler ----------------------------------------------------------
+
+    def _record(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Fault | None:
+        with self._lock:
+            self.requests.append((path, body))
+            self.request_headers.append(headers)
+            return self._faults.popleft() if self._faults else None
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+                self._handlers.add(threading.current_thread())
+            else:
+                self._connections.discard(conn)
+                self._handlers.discard(threading.current_thread())
+
+    def _complete(
+        self,
+        text: str,
+        fault: Fault | None,
+        *,
+        max_tokens: int | None,
+        stop: list[str],
+        seed: int | None,
+        keep_stop: bool,
+    ) -> _Completion:
+        if fault is not None and fault.kind == "runaway":
+            words = _split_words("more " * _RUNAWAY_WORDS)
+            return _Completion("".join(words), "length", words, seed)
+        completion = "" if fault is not None and fault.kind == "empty" else self.responder(text)
+        if not isinstance(completion, str):
+            raise TypeError(f"the responder must return a str, got {type(completion).__name__}")
+        finish: Literal["length", "eos_token", "stop_sequence"] = "eos_token"
+        cuts = [(completion.find(s), s) for s in stop if s and s in completion]
+        if cuts:
+            index, marker = min(cuts)
+            completion = completion[: index + len(marker)] if keep_stop else completion[:index]
+            finish = "stop_sequence"
+        words = _split_words(completion)
+        if max_tokens is not None and len(words) > max_tokens:
+            words = words[:max_tokens]
+            finish = "length"
+        return _Completion("".join(words), finish, words, seed)
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": 128,
+            "max_best_of": 2,
+            "max_stop_sequences": 4,
+            "max_input_tokens": 4096,
+            "max_total_tokens": 8192,
+            "validation_workers": 2,
+            "max_client_batch_size": 4,
+            "router": "text-generation-router",
+            "version": "3.3.4-scripted",
+            "sha": None,
+            "docker_label": None,
+        }
+
+    def _model_info(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "bpo-integrations",
+        }
+
+
+def _validate_tgi(body: dict[str, Any]) -> dict[str, Any]:
+    """TGI's router validation of a generate request (the checks clients can get wrong)."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, str) or not inputs:
+        raise _ValidationError("`inputs` must be a non-empty string")
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _ValidationError("`parameters` must be an object")
+    temperature = params.get("temperature")
+    if temperature is not None and temperature <= 0:
+        raise _ValidationError("`temperature` must be strictly positive")
+    top_p = params.get("top_p")
+    if top_p is not None and not 0 < top_p < 1:
+        raise _ValidationError("`top_p` must be > 0.0 and < 1.0")
+    max_new_tokens = params.get("max_new_tokens")
+    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+        raise _ValidationError("`max_new_tokens` must be strictly positive")
+    stop = params.get("stop") or []
+    if not isinstance(stop, list) or len(stop) > 4:
+        raise _ValidationError("`stop` supports up to 4 stop sequences")
+    seed = params.get("seed")
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise _ValidationError("`seed` must be a non-negative integer")
+    return params
+
+
+def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "ScriptedTGI/1.0"
+
+        def setup(self) -> None:
+            super().setup()
+            server._track(self.connection, add=True)
+
+        def finish(self) -> None:
+            with suppress(OSError):
+                super().finish()
+            server._track(self.connection, add=False)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        # -- plumbing ---------------------------------------------------------------------------
+
+        def _headers(self) -> dict[str, str]:
+            return {key.lower(): value for key, value in self.headers.items()}
+
+        def _body(self) -> dict[str, Any] | None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            if not raw:
+                return {}
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError:
+                return None
+            return data if isinstance(data, dict) else None
+
+        def _send_json(
+            self, payload: Any, status: int = 200, headers: dict[str, str] | None = None
+        ) -> None:
+            self._send_raw(json.dumps(payload).encode(), status, headers)
+
+        def _send_raw(
+            self, data: bytes, status: int = 200, headers: dict[str, str] | None = None
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _send_error(self, status: int, message: str, error_type: str | None = None) -> None:
+            body = {"error": message, "error_type": error_type or _ERROR_TYPES.get(status, "error")}
+            self._send_json(body, status)
+
+        def _start_sse(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+
+        def _sse(self, payload: Any) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            self.wfile.write(f"data: {data}\n\n".encode())
+            self.wfile.flush()
+
+        def _apply_fault(self, fault: Fault | None) -> bool:
+            """Handle faults that replace the answer; ``True`` when the request is finished."""
+            if fault is None:
+                return False
+            if fault.kind == "status":
+                headers = {}
+                if fault.retry_after is not None:
+                    value = fault.retry_after
+                    headers["Retry-After"] = str(int(value)) if value == int(value) else str(value)
+                error_type = _ERROR_TYPES.get(fault.status, "error")
+                message = f"scripted HTTP {fault.status}"
+                if fault.status == 429:
+                    message = "Model is overloaded"
+                body = {"error": message, "error_type": error_type}
+                self._send_json(body, fault.status, headers)
+                return True
+            if fault.kind == "hang":
+                server._stopping.wait(fault.seconds)
+                if server._stopping.is_set():
+                    self.close_connection = True
+                    return True
+                return False
+            if fault.kind == "drop_connection":
+                self.close_connection = True
+                with suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return True
+            return False
+
+        # -- routes -----------------------------------------------------------------------------
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/") or "/"
+            fault = server._record(path, {}, self._headers())
+            if self._apply_fault(fault):
+                return
+            if fault is not None and fault.kind == "malformed_json":
+                self._send_raw(b'{"model_id": "broken')
+            elif path == "/info":
+                self._send_json(server._info())
+            elif path == "/health":
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path == "/v1/models":
+                models = server._model_info()
+                self._send_json({**models, "data": [models]})
+            else:
+                self._send_error(404, f"no route GET {path}", "not_found")
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/") or "/"
+            body = self._body()
+            recorded = body if body is not None else {"_invalid_json": True}
+            fault = server._record(path, recorded, self._headers())
+            if self._apply_fault(fault):
+                return
+            if body is None:
+                self._send_error(422, "Failed to deserialize the JSON body", "validation")
+                return
+            try:
+                if path in ("/generate", "/generate_stream", "/"):
+                    compat_stream = path == "/" and bool(body.get("stream"))
+                    stream = path == "/generate_stream" or compat_stream
+                    self._generate(body, fault, stream=stream, as_list=path == "/")
+                elif path in ("/v1/chat/completions", "/chat/completions"):
+                    self._chat(body, fault)
+                else:
+                    self._send_error(404, f"no route POST {path}", "not_found")
+            except _ValidationError as error:
+                self._send_error(422, str(error), "validation")
+            except Exception as error:  # a failing responder: answer 500 instead of hanging up
+                self._send_error(500, f"the responder failed: {error!r}", "responder")
+
+        def _generate(
+            self, body: dict[str, Any], fault: Fault | None, *, stream: bool, as_list: bool
+        ) -> None:
+            params = _validate_tgi(body)
+            inputs: str = body["inputs"]
+            seed = params.get("seed")
+            if seed is None and params.get("do_sample"):
+                seed = random.randint(1, 2**31)
+            done = server._complete(
+                inputs,
+                fault,
+                max_tokens=params.get("max_new_tokens"),
+                stop=list(params.get("stop") or []),
+                seed=seed,
+                keep_stop=True,
+            )
+            tokens = [
+                {"id": next(server._ids) % 32000, "text": w, "logprob": -0.5, "special": False}
+                for w in done.words
+            ]
+            text = inputs + done.text if params.get("return_full_text") else done.text
+            malformed = fault is not None and fault.kind == "malformed_json"
+            if stream:
+                self._start_sse()
+                if malformed:
+                    self._sse('{"index": 0, "token": {"id": 1, "text": "bro')
+                    return
+                if not tokens:
+                    tokens = [{"id": 2, "text": "</s>", "logprob": -0.1, "special": True}]
+                for index, token in enumerate(tokens):
+                    last = index == len(tokens) - 1
+                    event: dict[str, Any] = {
+                        "index": index,
+                        "token": token,
+                        "generated_text": text if last else None,
+                        "details": {
+                            "finish_reason": done.finish_reason,
+                            "generated_tokens": len(done.words),
+                            "input_length": len(_split_words(inputs)),
+                            "seed": done.seed,
+                        }
+                        if last
+                        else None,
+                    }
+                    self._sse(event)
+                return
+            if malformed:
+                self._send_raw(b'{"generated_text": "broken')
+                return
+            response: dict[str, Any] = {"generated_text": text}
+            if params.get("details", True):
+                response["details"] = {
+                    "finish_reason": done.finish_reason,
+                    "generated_tokens": len(done.words),
+                    "prefill": [],
+                    "tokens": tokens,
+                    "seed": done.seed,
+                }
+            self._send_json([response] if as_list else response)
+
+        def _chat(self, body: dict[str, Any], fault: Fault | None) -> None:
+            model = body.get("model")
+            if model not in (server.model_id, "tgi"):
+                self._send_error(
+                    404, f"The model `{model}` does not exist. Served: {server.model_id}", "model"
+                )
+                return
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise _ValidationError("`messages` must be a non-empty list")
+            text = _last_user_text(messages)
+            stop = body.get("stop") or []
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+            done = server._complete(
+                text,
+                fault,
+                max_tokens=max_tokens,
+                stop=stop,
+                seed=body.get("seed"),
+                keep_stop=False,
+            )
+            finish = "length" if done.finish_reason == "length" else "stop"
+            base = {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "created": int(time.time()),
+                "model": server.model_id,
+                "system_fingerprint": "scripted-3.3.4",
+            }
+            usage = {
+                "prompt_tokens": len(_split_words(text)),
+                "completion_tokens": len(done.words),
+                "total_tokens": len(_split_words(text)) + len(done.words),
+            }
+            malformed = fault is not None and fault.kind == "malformed_json"
+            if body.get("stream"):
+                self._start_sse()
+                if malformed:
+                    self._sse('{"id": "chatcmpl-broken", "choices": [{"delta": {"con')
+                    return
+                for index, word in enumerate(done.words or [""]):
+                    last = index == max(len(done.words), 1) - 1
+                    chunk: dict[str, Any] = {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": word},
+                                "finish_reason": finish if last else None,
+                                "logprobs": None,
+                            }
+                        ],
+                        "usage": usage if last else None,
+                    }
+                    self._sse(chunk)
+                self._sse("[DONE]")
+                return
+            if malformed:
+                self._send_raw(b'{"id": "chatcmpl-broken", "choices": [{"mess')
+                return
+            self._send_json(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": done.text},
+                            "finish_reason": finish,
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+
+    return Handler
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    raise _ValidationError("`messages` has no user message")
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[str]:
+    """The ``data:`` payloads of a server-sent-events stream (a helper for tests)."""
+    for line in lines:
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
+@contextmanager
+def hf_inference_online() -> Iterator[None]:
+    """Lift ``huggingface_hub``'s offline mode inside the block, for clients of a local server.
+
+    With ``HF_HUB_OFFLINE=1`` (set by this project's test configuration) ``huggingface_hub``
+    refuses every ``InferenceClient`` request, even to 127.0.0.1. Not thread-safe: tests only.
+    """
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def unused_url(host: str = "127.0.0.1") -> str:
+    """The URL of a local port with nothing listening on it (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    return f"http://{host}:{port}"
