@@ -14,7 +14,8 @@ _MARKERS = re.compile(r"\[(?:PROTECT|/PROTECT|KEEP|/KEEP|INSTRUCTION|/INSTRUCTIO
 _LABEL = re.compile(
     r"^\s*(?:\*\*)?(?:here is |here's )?(?:the |an |my )?"
     r"(?:optimi[sz]ed|improved|revised|rewritten|better)"
-    r"(?: version of the)? (?:prompt|instruction|query)\s*(?:is)?\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
+    r"(?: version of the)? (?:prompt|instruction|query)"
+    r"\s*(?:is)?\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
     re.IGNORECASE,
 )
 _QUOTE_PAIRS = {'"': '"', "“": "”", "'": "'"}
