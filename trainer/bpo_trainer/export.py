@@ -1,0 +1,302 @@
+"""Stage ``export``: turn an ``sft`` output into a standalone model folder that servers load.
+
+A LoRA adapter is merged into its base model (PEFT ``merge_and_unload``); a fully fine-tuned model
+is re-saved. The folder holds safetensors weights, the tokenizer, a generation config with the BPO
+decoding preset, and a model card (``README.md``) describing the base model, the data and the
+training settings. TGI serves it with ``--model-id /path/to/folder``; ``LocalBackend`` and
+``AutoModelForCausalLM`` load it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bpo_integrations.settings import GenerationSettings
+from bpo_integrations.template import BPO_TEMPLATE
+from bpo_trainer import __version__
+from bpo_trainer.errors import TrainerConfigError
+
+logger = logging.getLogger(__name__)
+
+TRAINING_RECORD = "bpo_training.json"  # written by bpo_trainer.sft
+
+
+@dataclass
+class ExportConfig:
+    """Config of the ``export`` stage.
+
+    Example:
+        >>> from bpo_trainer.export import ExportConfig
+        >>> ExportConfig(model_dir="outputs/bpo-sft", output_dir="outputs/bpo-model").dtype
+        'auto'
+    """
+
+    model_dir: str | None = field(
+        default=None,
+        metadata={"help": "The sft output_dir: a LoRA adapter folder or a full model folder."},
+    )
+    output_dir: str = field(
+        default="outputs/bpo-model", metadata={"help": "Folder to write the servable model to."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Base model of a LoRA adapter; unset: the one the adapter names."},
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={"help": "dtype of the saved weights ('auto': the base's)."}
+    )
+    mode: Literal["stable", "aggressive", "greedy"] = field(
+        default="stable",
+        metadata={"help": "Decoding preset written to generation_config.json."},
+    )
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "max_new_tokens in generation_config.json."}
+    )
+    max_shard_size: str = field(
+        default="5GB", metadata={"help": "Largest safetensors shard, e.g. '5GB'."}
+    )
+    model_name: str | None = field(
+        default=None, metadata={"help": "Title of the model card; unset: the folder's name."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Write into output_dir even if it is not empty."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Passed to from_pretrained."})
+
+
+def _is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file()
+
+
+def _check(config: ExportConfig) -> tuple[Path, Path]:
+    if not config.model_dir:
+        raise TrainerConfigError(
+            "pass --model_dir, the folder `bpo-train sft` wrote (a LoRA adapter or a full model)"
+        )
+    source = Path(config.model_dir)
+    if not source.is_dir():
+        raise TrainerConfigError(f"model_dir {source} is not a folder")
+    if not _is_adapter(source) and not (source / "config.json").is_file():
+        raise TrainerConfigError(
+            f"{source} holds neither a LoRA adapter (adapter_config.json) nor a model "
+            "(config.json); pass the output_dir of `bpo-train sft`"
+        )
+    target = Path(config.output_dir)
+    if target.resolve() == source.resolve():
+        raise TrainerConfigError("output_dir must differ from model_dir")
+    if target.is_dir() and any(target.iterdir()) and not config.overwrite:
+        raise TrainerConfigError(
+            f"{target} is not empty; pass --overwrite or choose another --output_dir"
+        )
+    return source, target
+
+
+def _load_model(config: ExportConfig, source: Path) -> tuple[Any, str]:
+    """The merged (or plain) model and the name of its base model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype: Any = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
+    kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if not _is_adapter(source):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        return model, _training_record(source).get("base_model", str(source))
+    from peft import PeftModel
+
+    adapter_config = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.base_model or adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise TrainerConfigError(
+            f"{source}/adapter_config.json names no base model; pass --base_model"
+        )
+    base_model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    merged = PeftModel.from_pretrained(base_model, source).merge_and_unload()
+    return merged, base
+
+
+def _load_tokenizer(config: ExportConfig, source: Path, base: str) -> Any:
+    from transformers import AutoTokenizer
+
+    has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
+    return AutoTokenizer.from_pretrained(
+        source if has_tokenizer else base, trust_remote_code=config.trust_remote_code
+    )
+
+
+def _generation_config(config: ExportConfig, tokenizer: Any) -> Any:
+    from transformers import GenerationConfig
+
+    preset = GenerationSettings.for_mode(config.mode, max_new_tokens=config.max_new_tokens)
+    values: dict[str, Any] = {
+        "do_sample": preset.do_sample,
+        "max_new_tokens": preset.max_new_tokens,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id,
+    }
+    if preset.do_sample:
+        values.update(temperature=preset.temperature, top_p=preset.top_p)
+    generation = GenerationConfig(**values)
+    generation.validate()
+    return generation
+
+
+def _training_record(source: Path) -> dict[str, Any]:
+    path = source / TRAINING_RECORD
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_export(config: ExportConfig) -> Path:
+    """Write the servable model folder; returns its path.
+
+    Example:
+        >>> from bpo_trainer.export import ExportConfig, run_export
+        >>> run_export(ExportConfig(model_dir="outputs/bpo-sft"))  # doctest: +SKIP
+        PosixPath('outputs/bpo-model')
+    """
+    source, target = _check(config)
+    model, base = _load_model(config, source)
+    tokenizer = _load_tokenizer(config, source, base)
+    model.generation_config = _generation_config(config, tokenizer)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target, max_shard_size=config.max_shard_size)
+    tokenizer.save_pretrained(target)
+    record = _training_record(source)
+    card = model_card(
+        name=config.model_name or target.name,
+        base_model=base,
+        record=record,
+        merged_from_adapter=_is_adapter(source),
+        generation=model.generation_config.to_diff_dict(),
+    )
+    (target / "README.md").write_text(card, encoding="utf-8")
+    if not any(target.glob("*.safetensors")):
+        raise TrainerConfigError(f"no safetensors weights were written to {target}")
+    logger.info("exported %s to %s", source, target)
+    return target
+
+
+_CARD_SETTINGS = (
+    ("learning_rate", "learning rate"),
+    ("lr_scheduler_type", "schedule"),
+    ("warmup_steps", "warmup (steps, or ratio if < 1)"),
+    ("num_train_epochs", "epochs"),
+    ("max_steps", "max steps (-1: by epochs)"),
+    ("per_device_train_batch_size", "batch size per device"),
+    ("gradient_accumulation_steps", "gradient accumulation"),
+    ("weight_decay", "weight decay"),
+    ("max_grad_norm", "gradient clipping"),
+    ("max_length", "max sequence length"),
+    ("completion_only_loss", "loss on the optimized prompt only"),
+    ("bf16", "bf16"),
+    ("seed", "seed"),
+    ("lora_r", "LoRA r"),
+    ("lora_alpha", "LoRA alpha"),
+    ("lora_dropout", "LoRA dropout"),
+    ("lora_target_modules", "LoRA target modules"),
+)
+
+
+def model_card(
+    *,
+    name: str,
+    base_model: str,
+    record: dict[str, Any],
+    merged_from_adapter: bool,
+    generation: dict[str, Any],
+) -> str:
+    """The ``README.md`` of an exported model: what it is, how it was trained, how to serve it."""
+    args = record.get("args", {})
+    data = record.get("data", {})
+    lora = merged_from_adapter or record.get("method") == "lora"
+    rows = [
+        f"| {label} | `{args[key]}` |"
+        for key, label in _CARD_SETTINGS
+        if key in args and (lora or not key.startswith("lora_"))
+    ]
+    metrics = record.get("metrics", {})
+    loss = metrics.get("train_loss")
+    front = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags:",
+        "- bpo",
+        "- prompt-optimization",
+        "- trl",
+        "- sft",
+        "---",
+    ]
+    body = [
+        f"# {name}",
+        "",
+        "A Black-Box Prompt Optimization (BPO) model: it rewrites a user's prompt into one that an "
+        "LLM answers more helpfully and harmlessly (Cheng et al., ACL 2024). Made with "
+        f"`bpo-trainer` {__version__}.",
+        "",
+        "## Model",
+        "",
+        f"- Base model: `{base_model}`",
+        f"- Method: {'LoRA, merged into the base' if lora else 'full fine-tuning'}",
+        f"- Training steps: {record.get('global_step', 'unknown')}"
+        + (f", final training loss {loss:.4f}" if isinstance(loss, int | float) else ""),
+        "",
+        "## Prompt template",
+        "",
+        "```",
+        record.get("template", BPO_TEMPLATE),
+        "```",
+        "",
+        "The model writes the optimized prompt after `[/INST]` and stops at EOS.",
+        "",
+        "## Data",
+        "",
+        f"- Training file: `{data.get('train_file', 'unknown')}` "
+        f"({data.get('train_examples', 'unknown')} pairs, "
+        f"`{data.get('prompt_field', 'final_input')}` -> "
+        f"`{data.get('completion_field', 'final_output')}`)",
+    ]
+    if data.get("eval_examples"):
+        body.append(f"- Evaluation: {data['eval_examples']} pairs")
+    body += ["", "## Training settings", ""]
+    if rows:
+        body += ["| setting | value |", "| --- | --- |", *rows]
+    else:
+        body.append("No `bpo_training.json` was found beside the trained model.")
+    body += [
+        "",
+        "## Decoding defaults (generation_config.json)",
+        "",
+        "```json",
+        json.dumps(generation, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from bpo_integrations import BPOOptimizer",
+        "from bpo_integrations.backends.local import LocalBackend",
+        "",
+        'optimizer = BPOOptimizer(LocalBackend("path/to/this/folder"))',
+        'print(optimizer.optimize("Tell me about Harry Potter").text)',
+        "```",
+        "",
+        "Serve it with TGI (`--model-id /data/<this folder>`), then use "
+        '`TGIBackend("http://localhost:8080")`:',
+        "",
+        "```bash",
+        "docker run --gpus all -p 8080:80 -v $PWD:/data "
+        "ghcr.io/huggingface/text-generation-inference --model-id /data/" + name,
+        "```",
+        "",
+    ]
+    return "\n".join([*front, "", *body])
