@@ -109,8 +109,10 @@ class ScriptedServer:
 
     ``responder(text)`` returns the completion: ``text`` is TGI's ``inputs`` for ``/generate``,
     ``/generate_stream`` and ``/``, or the last user message for ``/v1/chat/completions``. The
-    default echoes ``text``. ``max_new_tokens``/``max_tokens`` truncate the completion (one token
-    per word, ``finish_reason`` ``"length"``) and ``stop`` cuts it, as a real server does.
+    default echoes ``text``. ``chat_responder(messages)``, when given, answers chat requests
+    instead, from the whole ``messages`` list (system prompt and earlier turns included).
+    ``max_new_tokens``/``max_tokens`` truncate the completion (one token per word,
+    ``finish_reason`` ``"length"``) and ``stop`` cuts it, as a real server does.
 
     ``requests`` records ``(path, json_body)`` of every request, in order (``{}`` for GET), and
     ``request_headers`` their headers (lower-case names).
@@ -134,11 +136,13 @@ class ScriptedServer:
         self,
         responder: Callable[[str], str] | None = None,
         *,
+        chat_responder: Callable[[list[dict[str, Any]]], str] | None = None,
         model_id: str = "scripted-bpo",
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.responder: Callable[[str], str] = responder or _echo
+        self.chat_responder = chat_responder
         self.model_id = model_id
         self.host = host
         self.port = port
@@ -258,11 +262,17 @@ class ScriptedServer:
         stop: list[str],
         seed: int | None,
         keep_stop: bool,
+        messages: list[dict[str, Any]] | None = None,
     ) -> _Completion:
         if fault is not None and fault.kind == "runaway":
             words = _split_words("more " * _RUNAWAY_WORDS)
             return _Completion("".join(words), "length", words, seed)
-        completion = "" if fault is not None and fault.kind == "empty" else self.responder(text)
+        if fault is not None and fault.kind == "empty":
+            completion = ""
+        elif messages is not None and self.chat_responder is not None:
+            completion = self.chat_responder(messages)
+        else:
+            completion = self.responder(text)
         if not isinstance(completion, str):
             raise TypeError(f"the responder must return a str, got {type(completion).__name__}")
         finish: Literal["length", "eos_token", "stop_sequence"] = "eos_token"
@@ -334,6 +344,7 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "ScriptedTGI/1.0"
+        disable_nagle_algorithm = True  # else each sequential request waits ~40 ms for an ACK
 
         def setup(self) -> None:
             super().setup()
@@ -551,6 +562,7 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 stop=stop,
                 seed=body.get("seed"),
                 keep_stop=False,
+                messages=messages,
             )
             finish = "length" if done.finish_reason == "length" else "stop"
             base = {
