@@ -1,0 +1,380 @@
+"""``bpo optimize``: rewrite one prompt, stdin, or a JSONL file (resumable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bpo_integrations.cli import app
+from bpo_integrations.cli._common import (
+    RUNTIME_ERROR,
+    USAGE_ERROR,
+    BackendKind,
+    CliError,
+    build_backend,
+    fail,
+)
+from bpo_integrations.errors import BPOError
+from bpo_integrations.optimizer import BPOOptimizer
+from bpo_integrations.result import OptimizationResult
+from bpo_integrations.settings import GenerationSettings
+
+FATAL_REASONS = ("backend_unavailable", "backend_error", "backend_overloaded", "timeout")
+"""Fallback reasons that mean the optimizer did not work at all (rather than a rejected rewrite)."""
+
+
+class ModeName(str, Enum):
+    stable = "stable"
+    aggressive = "aggressive"
+    greedy = "greedy"
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    record: dict[str, Any]
+    prompt: str
+    context: str | None
+    key: tuple[str, str]
+
+
+@app.command("optimize")
+def optimize_command(
+    text: Annotated[
+        str | None,
+        typer.Argument(help="The prompt to optimize; read from stdin when omitted or '-'."),
+    ] = None,
+    input_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", "-i", help='A JSONL file, one {"prompt": ..., "context"?, "id"?} per line.'
+        ),
+    ] = None,
+    output_path: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to append results; a rerun resumes it."),
+    ] = None,
+    prompt_field: Annotated[str, typer.Option(help="The input key holding the prompt.")] = "prompt",
+    context_field: Annotated[
+        str, typer.Option(help="The input key holding context passed on verbatim.")
+    ] = "context",
+    id_field: Annotated[
+        str, typer.Option(help="The input key that identifies a line when resuming.")
+    ] = "id",
+    backend: Annotated[
+        BackendKind, typer.Option(help="Where the optimizer model runs.")
+    ] = BackendKind.local,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Server URL for tgi, or base URL (…/v1) for openai.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="local: hub id or folder (default: the built-in model); openai: name."),
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="local: cuda, mps or cpu.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="local: float32, float16, bfloat16.")] = None,
+    mode: Annotated[ModeName, typer.Option(help="Decoding preset.")] = ModeName.stable,
+    iterations: Annotated[int, typer.Option(min=1, help="Rounds of re-optimization.")] = 1,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="Latency budget per prompt, seconds.")
+    ] = 300.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Longest rewrite, in tokens.")
+    ] = GenerationSettings.max_new_tokens,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Prompts optimized at once (file mode).")
+    ] = 8,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the full result record as JSON.")
+    ] = False,
+) -> None:
+    """Optimize a prompt (argument or stdin), or every line of a JSONL file.
+
+    Example: bpo optimize "Tell me about Harry Potter" --backend tgi --endpoint http://localhost:8080
+    """
+    try:
+        if input_path is not None or output_path is not None:
+            if text is not None:
+                raise CliError("give either a prompt or --input FILE, not both")
+            if input_path is None or output_path is None:
+                raise CliError(
+                    "--input and --output go together: bpo optimize -i in.jsonl -o out.jsonl"
+                )
+            lines = read_input(input_path, prompt_field, context_field, id_field)
+        else:
+            prompt = _read_prompt(text)
+        settings = GenerationSettings.for_mode(mode.value, seed=seed, max_new_tokens=max_new_tokens)
+        engine = build_backend(
+            backend, endpoint=endpoint, model=model, adapter=adapter, device=device, dtype=dtype
+        )
+        _load_local(engine)
+        optimizer = BPOOptimizer(
+            engine,
+            settings=settings,
+            iterations=iterations,
+            timeout=timeout,
+            max_concurrency=concurrency,
+        )
+        try:
+            if input_path is not None and output_path is not None:
+                _optimize_file(optimizer, lines, output_path, id_field, concurrency, json_output)
+            else:
+                _optimize_one(optimizer, prompt, json_output, endpoint)
+        finally:
+            optimizer.close()
+    except CliError as error:
+        fail(error.message, error.code)
+    except KeyboardInterrupt:
+        rerun = " (rerun the same command to resume)" if output_path is not None else ""
+        fail(f"interrupted{rerun}", 130)
+
+
+# -- single prompt ------------------------------------------------------------------------------
+
+
+def _read_prompt(text: str | None) -> str:
+    if text is not None and text != "-":
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        raise CliError('no prompt: pass one (bpo optimize "..."), pipe it on stdin, or use --input')
+    stream = getattr(sys.stdin, "buffer", None)
+    raw = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+    try:
+        prompt = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"stdin is not valid UTF-8 (byte {error.start}: {error.reason}); re-encode it, "
+            "e.g. iconv -t UTF-8"
+        ) from error
+    prompt = prompt.removesuffix("\n").removesuffix("\r")
+    if not prompt.strip():
+        raise CliError("the prompt on stdin is empty")
+    return prompt
+
+
+def _optimize_one(
+    optimizer: BPOOptimizer, prompt: str, json_output: bool, endpoint: str | None
+) -> None:
+    result = optimizer.optimize(prompt)
+    _raise_if_fatal(result, optimizer, endpoint)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    if result.fell_back and result.fallback_reason != "empty_input":
+        typer.echo(f"note: kept the original prompt ({result.fallback_reason})", err=True)
+    typer.echo(result.text)
+
+
+def _raise_if_fatal(
+    result: OptimizationResult, optimizer: BPOOptimizer, endpoint: str | None
+) -> None:
+    reason = result.fallback_reason or ""
+    if not result.fell_back or not reason.startswith(FATAL_REASONS):
+        return
+    kind, _, detail = reason.partition(": ")
+    backend = optimizer.backend.name
+    if kind == "backend_unavailable":
+        where = f" at {endpoint}" if endpoint else ""
+        message = f"the {backend} endpoint{where} is unreachable: {detail}"
+    elif kind == "timeout":
+        message = f"the {backend} backend timed out ({detail}); raise --timeout if it is just slow"
+    else:
+        message = f"the {backend} backend failed: {detail}"
+    raise CliError(message, RUNTIME_ERROR)
+
+
+def _load_local(engine: object) -> None:
+    """Load a local model before any prompt, so that a missing model fails at once and clearly."""
+    load = getattr(engine, "load", None)
+    if load is None:
+        return
+    from rich.console import Console
+
+    from bpo_integrations.models import default_model_path, is_converted
+
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # the spinner says what is happening
+    except ImportError:
+        pass  # load() names the missing extra
+    message = "Loading the optimizer model…"
+    if getattr(engine, "model_id", "") is None and not is_converted(default_model_path()):
+        message = "Converting the default model (once, about 30 s)…"
+    try:
+        with Console(stderr=True).status(message):
+            load()
+    except BPOError as error:
+        raise CliError(f"cannot load the optimizer model: {error}", RUNTIME_ERROR) from error
+
+
+# -- JSONL files --------------------------------------------------------------------------------
+
+
+def read_input(path: Path, prompt_field: str, context_field: str, id_field: str) -> list[_Line]:
+    """Read and validate the whole input first, so that a bad line fails before any work."""
+    if not path.is_file():
+        raise CliError(
+            f"input file {str(path)!r} does not exist"
+            if not path.exists()
+            else f"input {str(path)!r} is not a file"
+        )
+    lines: list[_Line] = []
+    seen: dict[tuple[str, str], int] = {}
+    raw_lines = path.read_bytes().split(b"\n")
+    for number, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise CliError(
+                f"{where}: not valid UTF-8 ({error.reason}); the input must be UTF-8 JSONL"
+            ) from error
+        except json.JSONDecodeError as error:
+            raise CliError(
+                f"{where}: not valid JSON ({error.msg}); the input must be JSONL, "
+                "one JSON object per line"
+            ) from error
+        if not isinstance(record, dict):
+            raise CliError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        prompt = record.get(prompt_field)
+        if not isinstance(prompt, str):
+            fields = ", ".join(map(repr, record)) or "none"
+            problem = "no" if prompt_field not in record else "a non-string"
+            raise CliError(
+                f"{where}: {problem} {prompt_field!r} field (fields: {fields}); choose "
+                "the prompt's key with --prompt-field"
+            )
+        context = record.get(context_field)
+        if context is not None and not isinstance(context, str):
+            raise CliError(
+                f"{where}: {context_field!r} must be a string or null, got {type(context).__name__}"
+            )
+        key = _key(record, number, id_field)
+        if key in seen:
+            raise CliError(
+                f"{where}: duplicate {id_field} {record[id_field]!r} (also on line "
+                f"{seen[key]}); ids must be unique to resume"
+            )
+        seen[key] = number
+        lines.append(_Line(number, record, prompt, context, key))
+    return lines
+
+
+def _key(record: dict[str, Any], number: int, id_field: str) -> tuple[str, str]:
+    if record.get(id_field) is not None:
+        return ("id", json.dumps(record[id_field], sort_keys=True))
+    return ("line", str(number))
+
+
+def finished_keys(path: Path, id_field: str) -> set[tuple[str, str]]:
+    """The keys of the lines already in an earlier run's output (a cut-off last line is ignored)."""
+    from bpo_integrations.jsonl import JsonlError, read_jsonl
+
+    if not path.exists():
+        return set()
+    done: set[tuple[str, str]] = set()
+    try:
+        for record in read_jsonl(path, allow_truncated_tail=True):
+            number = record.get("input_line")
+            done.add(_key(record, number if isinstance(number, int) else -1, id_field))
+    except JsonlError as error:
+        raise CliError(
+            f"the existing output is damaged: {error}; move it away to start over"
+        ) from error
+    return done
+
+
+def _optimize_file(
+    optimizer: BPOOptimizer,
+    lines: list[_Line],
+    output: Path,
+    id_field: str,
+    chunk_size: int,
+    json_output: bool,
+) -> None:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from bpo_integrations.jsonl import JsonlWriter
+
+    done = finished_keys(output, id_field)
+    todo = [line for line in lines if line.key not in done]
+    skipped = len(lines) - len(todo)
+    chunk_size = max(chunk_size, optimizer.backend.max_batch_size)
+    written = fell_back = 0
+    progress = Progress(
+        TextColumn("optimizing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with progress, JsonlWriter(output) as writer:
+        task = progress.add_task("optimize", total=len(lines), completed=skipped)
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            results = optimizer.optimize_batch(
+                [line.prompt for line in chunk], contexts=[line.context for line in chunk]
+            )
+            fatal = None
+            for line, result in zip(chunk, results, strict=True):
+                if result.fell_back and (result.fallback_reason or "").startswith(FATAL_REASONS):
+                    fatal = fatal or result
+                    continue
+                writer.write(
+                    {
+                        **line.record,
+                        "input_line": line.number,
+                        "optimized": result.optimized,
+                        "result": result.to_dict(),
+                    }
+                )
+                written += 1
+                fell_back += result.fell_back
+                progress.advance(task)
+            if fatal is not None:
+                try:
+                    _raise_if_fatal(fatal, optimizer, getattr(optimizer.backend, "endpoint", None))
+                except CliError as error:
+                    raise CliError(
+                        f"{error.message} ({written} lines written to {output}; rerun the same "
+                        "command to resume)",
+                        error.code,
+                    ) from None
+    summary = {
+        "output": str(output),
+        "written": written,
+        "skipped": skipped,
+        "fell_back": fell_back,
+        "total": len(lines),
+    }
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"{written} optimized ({fell_back} kept the original), {skipped} already done -> "
+            f"{output}",
+            err=True,
+        )
+
+
+__all__ = ["USAGE_ERROR", "optimize_command", "read_input"]
