@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bpo_integrations.langchain.drpo import ALIGNMENT_EVENT, DRPOInput, DRPORunnable, RunnableDRPO
 from bpo_integrations.langchain.runnable import (
     OPTIMIZATION_EVENT,
     OPTIMIZATION_RUN_NAME,
@@ -20,13 +21,17 @@ if TYPE_CHECKING:
     from bpo_integrations.langchain.middleware import BPOMiddleware, BPOState
 
 __all__ = [
+    "ALIGNMENT_EVENT",
     "OPTIMIZATION_EVENT",
     "OPTIMIZATION_RUN_NAME",
     "BPOInput",
     "BPOMiddleware",
     "BPORunnable",
     "BPOState",
+    "DRPOInput",
+    "DRPORunnable",
     "RunnableBPO",
+    "RunnableDRPO",
 ]
 
 

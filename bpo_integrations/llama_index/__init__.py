@@ -13,6 +13,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "pip install 'bpo-integrations[llamaindex]'"
     ) from error
 
+from bpo_integrations.llama_index.drpo import DRPOAlignmentEvent, DRPOChatEngine, DRPOChatMessages
 from bpo_integrations.llama_index.query_engine import METADATA_KEY, BPOTransformQueryEngine
 from bpo_integrations.llama_index.query_transform import (
     BPOQueryBundle,
@@ -27,5 +28,8 @@ __all__ = [
     "BPOQueryOptimizedEvent",
     "BPOQueryTransform",
     "BPOTransformQueryEngine",
+    "DRPOAlignmentEvent",
+    "DRPOChatEngine",
+    "DRPOChatMessages",
     "EmbedMode",
 ]

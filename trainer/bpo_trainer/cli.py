@@ -109,6 +109,20 @@ STAGES: dict[str, Stage] = {
             "run_eval",
             "Judge answers to optimized vs original prompts (the paper's win rates, ΔWR).",
         ),
+        Stage(
+            "drpo",
+            "bpo_trainer.drpo",
+            "DRPOConfig",
+            "run_drpo",
+            "Search a system prompt and in-context examples that align a model (DRPO).",
+        ),
+        Stage(
+            "drpo-eval",
+            "bpo_trainer.drpo",
+            "DRPOEvalConfig",
+            "run_drpo_eval",
+            "Score answers with and without a DRPO alignment (just-eval's 1-5 aspects).",
+        ),
     )
 }
 """The registry, in pipeline order."""
