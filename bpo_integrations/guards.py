@@ -48,7 +48,8 @@ def protected_spans(text: str) -> list[tuple[str, str]]:
             found = [s.rstrip(".,;:!?") for s in found]
         if kind == "quoted" or kind == "single_quoted":
             found = [s for s in found if s[1:-1].strip()]
-        spans.extend((kind, s) for s in found)
+        # A match that spans a cut-out earlier kind is not in the text: that kind protects it.
+        spans.extend((kind, s) for s in found if s in text)
         remaining = pattern.sub(" ", remaining)
     order = {span: text.find(span) for _, span in spans}
     return sorted(spans, key=lambda item: order[item[1]])

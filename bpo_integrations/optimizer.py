@@ -8,8 +8,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
 from bpo_integrations._loop import run_sync
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.cache import LRUCache
@@ -269,13 +267,16 @@ class BPOOptimizer:
             deadline = None if self.timeout is None else started + self.timeout
             chunk = max(1, self.backend.max_batch_size)
             groups = [items[i : i + chunk] for i in range(0, len(items), chunk)]
-            semaphore = asyncio.Semaphore(self.max_concurrency)
+            if len(groups) == 1:  # the common case: no task to spawn
+                await self._optimize_group(groups[0], settings, iterations, deadline)
+            else:
+                semaphore = asyncio.Semaphore(self.max_concurrency)
 
-            async def run_group(group: list[_Item]) -> None:
-                async with semaphore:
-                    await self._optimize_group(group, settings, iterations, deadline)
+                async def run_group(group: list[_Item]) -> None:
+                    async with semaphore:
+                        await self._optimize_group(group, settings, iterations, deadline)
 
-            await asyncio.gather(*(run_group(g) for g in groups))
+                await asyncio.gather(*(run_group(g) for g in groups))
         return [
             s
             if isinstance(s, OptimizationResult)
@@ -323,46 +324,49 @@ class BPOOptimizer:
     async def _generate(
         self, prompts: list[str], settings: GenerationSettings, deadline: float | None
     ) -> list[Generation]:
-        def remaining() -> float | None:
-            return None if deadline is None else deadline - time.perf_counter()
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            hinted = getattr(error, "retry_after", None)
-            backoff = min(0.1 * 2 ** (state.attempt_number - 1), 2.0)
-            delay = hinted if hinted is not None else backoff
-            left = remaining()
-            if left is not None and delay >= left:
-                raise OptimizationTimeoutError(
-                    f"retry in {delay:.2f}s would exceed the latency budget ({left:.2f}s left)"
-                ) from error
-            return delay
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait,
-            retry=retry_if_exception_type((TransientBackendError, BackendUnavailableError)),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                left = remaining()
-                if left is not None and left <= 0:
-                    raise OptimizationTimeoutError("latency budget spent before the call")
-                call = self.backend.agenerate(prompts, settings, timeout=left)
-                try:
-                    generations = await asyncio.wait_for(call, timeout=left)
-                except asyncio.TimeoutError as error:
+        """One backend call, retried on transient errors while the latency budget allows."""
+        attempt = 1
+        while True:
+            try:
+                return await self._generate_once(prompts, settings, deadline)
+            except (TransientBackendError, BackendUnavailableError) as error:
+                if attempt > self.max_retries:
+                    raise
+                hinted = getattr(error, "retry_after", None)
+                delay = hinted if hinted is not None else min(0.1 * 2 ** (attempt - 1), 2.0)
+                left = None if deadline is None else deadline - time.perf_counter()
+                if left is not None and delay >= left:
                     raise OptimizationTimeoutError(
-                        f"no answer from the {self.backend.name} backend within {self.timeout}s"
+                        f"retry in {delay:.2f}s would exceed the latency budget ({left:.2f}s left)"
                     ) from error
-                if len(generations) != len(prompts):
-                    raise BackendError(
-                        f"{self.backend.name} returned {len(generations)} rewrites "
-                        f"for {len(prompts)} prompts"
-                    )
-                return generations
-        raise AssertionError("unreachable")  # pragma: no cover
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _generate_once(
+        self, prompts: list[str], settings: GenerationSettings, deadline: float | None
+    ) -> list[Generation]:
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            raise OptimizationTimeoutError("latency budget spent before the call")
+        call = self.backend.agenerate(prompts, settings, timeout=left)
+        try:
+            if left is None:
+                generations = await call
+            elif hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task, unlike wait_for
+                async with asyncio.timeout(left):
+                    generations = await call
+            else:
+                generations = await asyncio.wait_for(call, timeout=left)
+        except asyncio.TimeoutError as error:
+            raise OptimizationTimeoutError(
+                f"no answer from the {self.backend.name} backend within {self.timeout}s"
+            ) from error
+        if len(generations) != len(prompts):
+            raise BackendError(
+                f"{self.backend.name} returned {len(generations)} rewrites "
+                f"for {len(prompts)} prompts"
+            )
+        return generations
 
     def _finish(
         self, item: _Item, settings: GenerationSettings, iterations: int, started: float

@@ -20,6 +20,7 @@ from bpo_integrations.langchain._messages import (
     as_message,
     element_with_text,
     human_indices,
+    is_human,
     message_text,
 )
 from bpo_integrations.optimizer import BPOOptimizer
@@ -289,7 +290,9 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             ) from error
         indices = human_indices(messages)
         if self.target == "last_human":
-            indices = indices[-1:]
+            # The newest user turn only; when it has no text (image-only), nothing is optimized.
+            turns = [i for i, message in enumerate(messages) if is_human(message)]
+            indices = [i for i in indices[-1:] if i == turns[-1]]
         texts = [message_text(messages[i]) or "" for i in indices]
 
         def rebuild(new: list[str]) -> list[Any]:

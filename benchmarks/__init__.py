@@ -1,0 +1,1 @@
+"""Benchmarks of bpo-integrations: ``python -m benchmarks`` writes ``BENCHMARKS.md``."""
