@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import threading
 import time
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+C = TypeVar("C")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -25,3 +32,30 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+class PerLoopClients(Generic[C]):
+    """One async client per running event loop, made on first use and reused after.
+
+    An async HTTP client's connection pool belongs to the loop that made it; making a client per
+    call instead costs a TLS context and a new connection every time.
+    """
+
+    def __init__(self, factory: Callable[[], C]) -> None:
+        self._factory = factory
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def get(self) -> C:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = self._factory()
+            return client
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clients.clear()

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import BackendError, OptimizationTimeoutError
+from bpo_integrations.models import DEFAULT_MODEL_HUB_ID
 from bpo_integrations.settings import Generation, GenerationSettings
-from bpo_integrations.template import format_bpo_message, format_bpo_prompt
+from bpo_integrations.template import BPO_TEMPLATE, format_bpo_message, format_bpo_prompt
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +69,8 @@ class LocalBackend(Backend):
     Args:
         model: a hub id (``"THUDM/BPO"``), a local model folder, or a LoRA adapter folder (one
             with ``adapter_config.json``: its base model is loaded and the adapter merged in).
-            ``None``: the default model (see :mod:`bpo_integrations.models`).
+            ``None``: the default optimizer, SmolLM2-135M-Instruct with the BPO LoRA adapter
+            shipped in the package (see :mod:`bpo_integrations.models`).
         adapter: a LoRA adapter folder or hub id to apply on top of ``model``.
         device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``; ``None`` picks the best available.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; ``None``: bf16 (or fp16) on CUDA,
@@ -81,8 +83,10 @@ class LocalBackend(Backend):
         template: how a user prompt becomes the model's input. ``"bpo"``: the raw BPO template
             ``[INST] ... [/INST]`` (what ``THUDM/BPO`` was trained on); ``"chat"``: the
             tokenizer's chat template around :func:`~bpo_integrations.template.format_bpo_message`;
-            ``"auto"``: ``"chat"`` when the tokenizer has a chat template, else ``"bpo"``. (For a
-            Llama-2 chat template both give the same tokens.)
+            ``"auto"``: ``"bpo"`` for a model or adapter that ``bpo-train`` trained on the raw
+            template (its ``bpo_training.json`` says so: the shipped default does), else
+            ``"chat"`` when the tokenizer has a chat template, else ``"bpo"``. (For a Llama-2
+            chat template both give the same tokens.)
         trust_remote_code: passed to ``from_pretrained``.
 
     The server API (stable): :meth:`generate_raw` / :meth:`agenerate_raw` take fully templated
@@ -239,7 +243,8 @@ class LocalBackend(Backend):
 
         has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         if self.template == "auto":
-            kind: Literal["bpo", "chat"] = "chat" if has_chat_template else "bpo"
+            trained_raw = any(_trained_on_bpo_template(f) for f in (adapter, base) if f)
+            kind: Literal["bpo", "chat"] = "bpo" if trained_raw or not has_chat_template else "chat"
         elif self.template == "chat" and not has_chat_template:
             raise BackendError(
                 f"template='chat' but the tokenizer of {base!r} has no chat template: "
@@ -284,7 +289,11 @@ class LocalBackend(Backend):
         """The base model and the adapter to load, with clear errors for what cannot be loaded."""
         adapter = self.adapter_id
         if self.model_id is None:
-            from bpo_integrations.models import default_model_path, ensure_default_model
+            from bpo_integrations.models import (
+                default_adapter,
+                default_model_path,
+                ensure_default_model,
+            )
 
             try:
                 base = str(ensure_default_model())
@@ -295,6 +304,8 @@ class LocalBackend(Backend):
                     f"could not prepare the default model in {default_model_path()}: "
                     f"{type(error).__name__}: {error} (set BPO_CACHE_DIR to a writable folder)"
                 ) from error
+            if adapter is None and (shipped := default_adapter()) is not None:
+                adapter = str(shipped)
         else:
             base = self.model_id
             local = Path(base).expanduser()
@@ -746,7 +757,20 @@ def _adapter_base(adapter: Path) -> str:
             f"{adapter / 'adapter_config.json'} names no base_model_name_or_path: pass "
             "LocalBackend(base_model, adapter=...)"
         )
+    if base == DEFAULT_MODEL_HUB_ID:  # the shipped adapter was trained on the converted GGUF
+        from bpo_integrations.models import ensure_default_model
+
+        return str(ensure_default_model())
     return str(base)
+
+
+def _trained_on_bpo_template(folder: str) -> bool:
+    """Whether ``folder`` is a ``bpo-train sft`` output trained on the raw BPO template."""
+    try:
+        record = json.loads((Path(folder) / "bpo_training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("template") == BPO_TEMPLATE
 
 
 def _from_pretrained(factory: Any, ref: str, **kwargs: Any) -> Any:

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from bpo_integrations.backends._http import parse_retry_after
+from bpo_integrations.backends._http import PerLoopClients, parse_retry_after
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import (
     BackendError,
@@ -100,6 +100,9 @@ class _ChatBackend(Backend):
             "default_headers": dict(default_headers or {}) or None,
         }
         self._sync_client: openai.OpenAI | None = None
+        self._async_clients: PerLoopClients[openai.AsyncOpenAI] = PerLoopClients(
+            lambda: openai.AsyncOpenAI(**self._client_kwargs)
+        )
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -173,20 +176,19 @@ class _ChatBackend(Backend):
     ) -> list[Generation]:
         semaphore = asyncio.Semaphore(self.max_concurrency)
         started = time.perf_counter()
-        # One client per call: its connection pool belongs to the running event loop.
-        async with openai.AsyncOpenAI(**self._client_kwargs) as client:
+        client = self._async_clients.get()
 
-            async def one(prompt: str) -> Generation:
-                async with semaphore:
-                    try:
-                        completion = await client.chat.completions.create(
-                            **self._create_kwargs(prompt, settings, timeout)
-                        )
-                    except Exception as error:
-                        self._raise_mapped(error, started)
-                return self._to_generation(completion)
+        async def one(prompt: str) -> Generation:
+            async with semaphore:
+                try:
+                    completion = await client.chat.completions.create(
+                        **self._create_kwargs(prompt, settings, timeout)
+                    )
+                except Exception as error:
+                    self._raise_mapped(error, started)
+            return self._to_generation(completion)
 
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
 
     def _to_generation(self, completion: Any) -> Generation:
         try:
@@ -213,6 +215,7 @@ class _ChatBackend(Backend):
     def close(self) -> None:
         with self._lock:
             client, self._sync_client = self._sync_client, None
+        self._async_clients.clear()
         if client is not None:
             client.close()
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
-from bpo_integrations.backends._http import parse_retry_after
+from bpo_integrations.backends._http import PerLoopClients, parse_retry_after
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import (
     BackendError,
@@ -105,6 +105,9 @@ class TGIBackend(Backend):
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.max_concurrency = max_concurrency
+        self._async_clients: PerLoopClients[AsyncInferenceClient] = PerLoopClients(
+            lambda: AsyncInferenceClient(**self._client_kwargs(None))
+        )
 
     def __repr__(self) -> str:
         return f"TGIBackend(endpoint={self.endpoint!r})"
@@ -170,18 +173,26 @@ class TGIBackend(Backend):
         kwargs = self.text_generation_kwargs(settings)
         semaphore = asyncio.Semaphore(self.max_concurrency)
         started = time.perf_counter()
-        # One client per call: its connection pool belongs to the running event loop.
-        async with AsyncInferenceClient(**self._client_kwargs(timeout)) as client:
+        limit = self._client_timeout(timeout)
+        client = self._async_clients.get()
 
-            async def one(prompt: str) -> Generation:
-                async with semaphore:
-                    try:
-                        output = await client.text_generation(format_bpo_prompt(prompt), **kwargs)
-                    except Exception as error:
-                        self._raise_mapped(error, started)
-                return self._to_generation(output)
+        async def one(prompt: str) -> Generation:
+            async with semaphore:
+                try:
+                    output = await client.text_generation(format_bpo_prompt(prompt), **kwargs)
+                except Exception as error:
+                    self._raise_mapped(error, started)
+            return self._to_generation(output)
 
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(one(p) for p in prompts)), limit))
+        except asyncio.TimeoutError as error:
+            raise OptimizationTimeoutError(
+                f"no answer from TGI at {self.endpoint} after {limit:.2f}s"
+            ) from error
+
+    def close(self) -> None:
+        self._async_clients.clear()
 
     def _to_generation(self, output: Any) -> Generation:
         try:
