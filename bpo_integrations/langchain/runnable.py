@@ -173,8 +173,11 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             return list(inputs)
         plans = [self._try_plan(value) for value in inputs]
         owners, prompts, contexts = _flatten(plans)
+        # No handler listens (no tracer, no callbacks): skip the child runs, a third of the cost.
         spans = [
             run_manager[i].get_child().on_chain_start(None, request, name=OPTIMIZATION_RUN_NAME)
+            if run_manager[i].inheritable_handlers
+            else None
             for i, request in zip(owners, _span_inputs(prompts, contexts), strict=True)
         ]
         try:
@@ -187,9 +190,12 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             )
         except BaseException as error:
             for span in spans:
-                span.on_chain_error(error)
+                if span is not None:
+                    span.on_chain_error(error)
             raise
         for i, span, result in zip(owners, spans, results, strict=True):
+            if span is None:
+                continue
             record = result.to_dict()
             span.on_chain_end(record)
             parent = run_manager[i]
@@ -207,6 +213,8 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             await run_manager[i]
             .get_child()
             .on_chain_start(None, request, name=OPTIMIZATION_RUN_NAME)
+            if run_manager[i].inheritable_handlers
+            else None
             for i, request in zip(owners, _span_inputs(prompts, contexts), strict=True)
         ]
         try:
@@ -219,9 +227,12 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             )
         except BaseException as error:
             for span in spans:
-                await span.on_chain_error(error)
+                if span is not None:
+                    await span.on_chain_error(error)
             raise
         for i, span, result in zip(owners, spans, results, strict=True):
+            if span is None:
+                continue
             record = result.to_dict()
             await span.on_chain_end(record)
             parent = run_manager[i]
