@@ -27,7 +27,7 @@ from langgraph.runtime import Runtime
 from typing_extensions import NotRequired
 
 from bpo_integrations.backends.base import Backend
-from bpo_integrations.langchain._messages import human_indices, message_text, with_text
+from bpo_integrations.langchain._messages import human_indices, is_human, message_text, with_text
 from bpo_integrations.langchain.runnable import OPTIMIZATION_EVENT
 from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.result import OptimizationResult
@@ -186,10 +186,10 @@ def _turn_key(message: BaseMessage) -> str:
 def _pending_turn(state: BPOState[Any]) -> tuple[str, str] | None:
     """``(key, text)`` of the newest user turn when it has not been optimized yet."""
     messages = state["messages"]
-    indices = human_indices(messages)
-    if not indices:
+    turns = [index for index, message in enumerate(messages) if is_human(message)]
+    if not turns or message_text(messages[turns[-1]]) is None:  # none, or image-only
         return None
-    message = messages[indices[-1]]
+    message = messages[turns[-1]]
     text = message_text(message) or ""
     record = (state.get(STATE_KEY) or {}).get(_turn_key(message))
     if record is not None and record["original"] == text:

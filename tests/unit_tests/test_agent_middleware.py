@@ -220,6 +220,21 @@ def test_multimodal_turn_keeps_the_image(optimizer: BPOOptimizer) -> None:
     assert state["messages"][0].content == message.content
 
 
+def test_image_only_turn_optimizes_nothing(
+    optimizer: BPOOptimizer, backend: RecordingBackend
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    model = ToolCallingFakeModel(messages=iter([AIMessage("One."), AIMessage("Two.")]))
+    agent = make_agent(model, BPOMiddleware(optimizer))
+    config = {"configurable": {"thread_id": "image-only"}}
+    agent.invoke({"messages": [HumanMessage("Describe it.")]}, config)
+    agent.invoke({"messages": [HumanMessage([image])]}, config)
+
+    # The newest turn has no text: the older text turn is not optimized again.
+    assert backend.prompts == ["Describe it."]
+    assert model.seen[1][-1].content == [image]
+
+
 def test_edited_turn_is_optimized_again(optimizer: BPOOptimizer, backend: RecordingBackend) -> None:
     model = ToolCallingFakeModel(messages=iter([AIMessage("One."), AIMessage("Two.")]))
     agent = make_agent(model, BPOMiddleware(optimizer))
