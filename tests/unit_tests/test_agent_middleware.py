@@ -224,15 +224,14 @@ def test_image_only_turn_optimizes_nothing(
     optimizer: BPOOptimizer, backend: RecordingBackend
 ) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    model = ToolCallingFakeModel(messages=iter([AIMessage("One."), AIMessage("Two.")]))
+    model = ToolCallingFakeModel(messages=iter([AIMessage("A cat.")]))
     agent = make_agent(model, BPOMiddleware(optimizer))
-    config = {"configurable": {"thread_id": "image-only"}}
-    agent.invoke({"messages": [HumanMessage("Describe it.")]}, config)
-    agent.invoke({"messages": [HumanMessage([image])]}, config)
+    history = [HumanMessage("Describe it."), AIMessage("Send it."), HumanMessage([image])]
+    agent.invoke({"messages": history}, {"configurable": {"thread_id": "image-only"}})
 
-    # The newest turn has no text: the older text turn is not optimized again.
-    assert backend.prompts == ["Describe it."]
-    assert model.seen[1][-1].content == [image]
+    # The newest turn has no text: an older text turn is not optimized in its place.
+    assert backend.prompts == []
+    assert model.seen[0][-1].content == [image]
 
 
 def test_edited_turn_is_optimized_again(optimizer: BPOOptimizer, backend: RecordingBackend) -> None:
