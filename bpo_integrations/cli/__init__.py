@@ -13,7 +13,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bpo_integrations.cli import optimize  # noqa: F401 - registers its command
+    from bpo_integrations.cli import optimize, serve  # noqa: F401 - each registers its commands
 
 
 _register()

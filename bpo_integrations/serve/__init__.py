@@ -1,0 +1,34 @@
+"""``bpo serve``: TGI's HTTP API on a local transformers model, with dynamic batching.
+
+Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client, and the ``local`` extra).
+Submodules import their dependencies; this package itself imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bpo_integrations.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from bpo_integrations.serve.app import create_app
+    from bpo_integrations.serve.engine import Engine
+    from bpo_integrations.serve.server import build_app, run, serve_in_thread
+
+_LAZY = {
+    "create_app": "bpo_integrations.serve.app",
+    "Engine": "bpo_integrations.serve.engine",
+    "build_app": "bpo_integrations.serve.server",
+    "run": "bpo_integrations.serve.server",
+    "serve_in_thread": "bpo_integrations.serve.server",
+}
+
+__all__ = ["Engine", "ServeConfig", "build_app", "create_app", "run", "serve_in_thread"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,126 @@
+"""Property-based fuzzing of ``bpo serve`` from TGI's OpenAPI schema, with schemathesis.
+
+Valid and invalid requests for every route: no answer may be a server error, none may hang, and
+every documented answer must match TGI's schema. Examples are bounded and derandomized, so the
+run is short and the same in CI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("torch")
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+
+from bpo_integrations.serve import ServeConfig  # noqa: E402
+from bpo_integrations.serve.server import build_app, serve_in_thread  # noqa: E402
+
+pytestmark = pytest.mark.shared_data
+
+POSTS = [
+    "/generate",
+    "/generate_stream",
+    "/",
+    "/tokenize",
+    "/v1/chat/completions",
+    "/v1/completions",
+]
+GETS = ["/info", "/health", "/metrics", "/v1/models"]
+EXAMPLES = 12
+
+
+@pytest.fixture(scope="module")
+def url(tiny_llama_dir: Path) -> Iterator[str]:
+    # small limits keep every generation short: at most 32 tokens in all
+    config = ServeConfig(
+        model=str(tiny_llama_dir), max_input_tokens=24, max_total_tokens=32, max_new_tokens=8
+    )
+    with serve_in_thread(build_app(config)) as base_url:
+        yield base_url
+
+
+def _as_openapi_30(node: Any) -> Any:
+    """TGI's generator writes 3.1's numeric ``exclusiveMinimum: x`` into its 3.0 document; spell
+    it as 3.0 does (``minimum: x, exclusiveMinimum: true``), which schemathesis can generate."""
+    if isinstance(node, list):
+        return [_as_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _as_openapi_30(value) for key, value in node.items()}
+    for bound, exclusive, stricter in (
+        ("minimum", "exclusiveMinimum", max),
+        ("maximum", "exclusiveMaximum", min),
+    ):
+        limit = out.get(exclusive)
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
+            continue
+        if bound in out and stricter(out[bound], limit) != limit:
+            del out[exclusive]  # the inclusive bound is the stricter one
+        else:
+            out[bound], out[exclusive] = limit, True
+    return out
+
+
+@pytest.fixture(scope="module")
+def schema(tgi_openapi: dict[str, Any]) -> Any:
+    return schemathesis.openapi.from_dict(_as_openapi_30(tgi_openapi))
+
+
+def _fuzz(url: str, operation: Any, mode: GenerationMode, examples: int) -> None:
+    # TGI's real /v1/models answers a list of ModelInfo; its schema names only the item
+    checks = [not_a_server_error]
+    if operation.path != "/v1/models":
+        checks.append(response_schema_conformance)
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        response = case.call(base_url=url, timeout=30)  # a hang fails the test
+        if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
+            # schemathesis would validate the SSE envelope, where TGI's schema means the payload
+            case.validate_response(response, checks=[not_a_server_error])
+            _assert_clean_stream(response.text)
+        else:
+            case.validate_response(response, checks=checks)
+
+    run()
+
+
+def _assert_clean_stream(text: str) -> None:
+    """Every event is JSON (or ``[DONE]``) and none reports an error after the 200."""
+    payloads = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    assert payloads, "an event stream without events"
+    for payload in payloads:
+        if payload != "[DONE]":
+            event = json.loads(payload)
+            assert "error" not in event, event
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("path", POSTS)
+def test_post_routes_survive_fuzzing(
+    url: str, schema: Any, path: str, mode: GenerationMode
+) -> None:
+    _fuzz(url, schema[path]["POST"], mode, EXAMPLES)
+
+
+@pytest.mark.parametrize("path", GETS)
+def test_get_routes_survive_fuzzing(url: str, schema: Any, path: str) -> None:
+    _fuzz(url, schema[path]["GET"], GenerationMode.POSITIVE, 3)

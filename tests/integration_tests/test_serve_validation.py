@@ -1,0 +1,257 @@
+"""``bpo serve`` rejects what TGI rejects, with TGI's error shapes, guards its key, sheds load,
+and frees the slot of a client that leaves."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("torch")
+
+import httpx
+import openai
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import OverloadedError, ValidationError
+
+from bpo_integrations.serve import ServeConfig
+from bpo_integrations.serve.server import build_app, serve_in_thread
+from bpo_integrations.testing.servers import hf_inference_online
+
+KEY = "sekrit-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LONG = "The quick brown fox jumps over the lazy dog. " * 8  # about 60 tiny-llama tokens
+
+
+@pytest.fixture(scope="module")
+def url(tiny_llama_dir: Path) -> Iterator[str]:
+    config = ServeConfig(
+        model=str(tiny_llama_dir),
+        api_key=KEY,
+        max_input_tokens=32,
+        max_total_tokens=48,
+        max_new_tokens=8,
+    )
+    with serve_in_thread(build_app(config)) as base_url, hf_inference_online():
+        yield base_url
+
+
+def _post(url: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, headers=AUTH, timeout=60, **kwargs)
+
+
+def _assert_error(response: httpx.Response, status: int, error_type: str, *words: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type
+    for word in words:
+        assert word in body["error"], (word, body["error"])
+    return body["error"]
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+def test_api_key_is_required_everywhere_but_health(url: str) -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
+    missing = httpx.post(f"{url}/generate", json=body, timeout=30)
+    _assert_error(missing, 401, "authentication", "missing API key", "Bearer")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.get(f"{url}/info", headers={"Authorization": "Bearer nope"}, timeout=30)
+    _assert_error(wrong, 401, "authentication", "wrong API key")
+    for path in ("/metrics", "/v1/models"):
+        assert httpx.get(f"{url}{path}", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    assert _post(url, "/generate", body).status_code == 200
+
+    assert InferenceClient(url, api_key=KEY).text_generation("Hello", max_new_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="nope").models.list()
+    models = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY).models.list()
+    assert len(models.data) == 1
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+GENERATE_CASES = [
+    ({"inputs": LONG}, "must have less than 32 tokens", "--max-input-tokens"),
+    ({"inputs": "Hi", "parameters": {"max_new_tokens": 47}}, "must be <= 48", "--max-total"),
+    ({"inputs": "Hi", "parameters": {"max_new_tokens": 0}}, "strictly positive"),
+    ({"inputs": "Hi", "parameters": {"max_new_tokens": "5"}}, "max_new_tokens", "integer"),
+    ({"inputs": "Hi", "parameters": {"temperature": 0}}, "temperature", "greater than 0"),
+    ({"inputs": "Hi", "parameters": {"top_p": 1.5}}, "top_p"),
+    ({"inputs": "Hi", "parameters": {"top_k": 0}}, "top_k"),
+    ({"inputs": "Hi", "parameters": {"repetition_penalty": -1.0}}, "repetition_penalty"),
+    ({"inputs": "Hi", "parameters": {"stop": ["a", "b", "c", "d", "e"]}}, "up to 4 stop"),
+    ({"inputs": "Hi", "parameters": {"stop": [""]}}, "empty"),
+    ({"inputs": "Hi", "parameters": {"best_of": 2}}, "best_of"),
+    ({"inputs": "Hi", "parameters": {"watermark": True}}, "watermark"),
+    ({"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "a+"}}}, "grammar"),
+    ({"inputs": "Hi", "parameters": {"top_n_tokens": 6}}, "top_n_tokens", "<= 5"),
+    ({"inputs": "Hi", "parameters": {"truncate": 0}}, "truncate"),
+    ({"inputs": "Hi", "parameters": {"adapter_id": "other/lora"}}, "--adapter"),
+    ({"inputs": ""}, "cannot be empty"),
+    ({"parameters": {}}, "inputs", "Field required"),
+    ([1, 2, 3], "JSON object"),
+]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
+@pytest.mark.parametrize(("body", "words"), [(c[0], c[1:]) for c in GENERATE_CASES])
+def test_bad_generate_requests_get_tgi_validation_errors(
+    url: str, path: str, body: Any, words: tuple[str, ...]
+) -> None:
+    _assert_error(_post(url, path, body), 422, "validation", "Input validation error", *words)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b'{"inputs": "Hi", ', "malformed JSON"), (b'{"inputs": "\xff\xfe"}', "malformed body")],
+)
+def test_malformed_json_is_a_validation_error(url: str, content: bytes, words: str) -> None:
+    response = httpx.post(
+        f"{url}/generate",
+        content=content,
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    _assert_error(response, 422, "validation", words)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"messages": []}, ("`messages` cannot be empty",)),
+        ({"messages": [{"role": "user", "content": "Hi"}], "n": 2}, ("`n` must be 1",)),
+        ({"messages": [{"role": "user", "content": LONG}]}, ("less than 32 tokens",)),
+        ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100}, ("max_tokens",)),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]},
+            ("`tools`",),
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                ]
+            },
+            ("text-only",),
+        ),
+        ({"messages": [{"role": "user", "content": "Hi"}], "temperature": -1}, ("temperature",)),
+    ],
+)
+def test_bad_chat_requests_get_validation_errors(
+    url: str, body: dict[str, Any], words: tuple[str, ...]
+) -> None:
+    _assert_error(_post(url, "/v1/chat/completions", body), 422, "validation", *words)
+
+
+def test_clients_raise_their_validation_errors(url: str) -> None:
+    client = InferenceClient(url, api_key=KEY)
+    with pytest.raises(ValidationError, match="max_new_tokens"):
+        client.text_generation("Hi", max_new_tokens=100)
+    with pytest.raises(ValidationError, match="less than 32 tokens"):
+        list(client.text_generation(LONG, max_new_tokens=2, stream=True))
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        openai.OpenAI(base_url=f"{url}/v1", api_key=KEY).completions.create(
+            model="any", prompt=["Hi"] * 17, max_tokens=2
+        )
+    assert "split them over several requests" in str(raised.value.body)
+
+
+def test_default_budget_fits_the_total_and_truncate_keeps_the_end(url: str) -> None:
+    body = {"inputs": LONG, "parameters": {"truncate": 30, "details": True}}
+    with httpx.stream("POST", f"{url}/generate_stream", json=body, headers=AUTH, timeout=60) as r:
+        assert r.status_code == 200
+        final = [line for line in r.iter_lines() if line.startswith("data:")][-1]
+    details = httpx.Response(200, content=final[5:]).json()["details"]
+    assert details["input_length"] == 30
+    # no max_new_tokens: the default (8) shrinks to the room left (48 - 30 = 18 >= 8)
+    assert details["generated_tokens"] <= 8
+
+
+# -- admission control ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy_url(tiny_llama_dir: Path) -> Iterator[str]:
+    """One request at a time, and a batch window long enough to hold a slot on purpose."""
+    config = ServeConfig(
+        model=str(tiny_llama_dir),
+        max_queue=1,
+        batch_wait_ms=3000,
+        max_input_tokens=32,
+        max_total_tokens=800,
+    )
+    with serve_in_thread(build_app(config)) as base_url, hf_inference_online():
+        yield base_url
+
+
+def _gauge(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, name
+    return float(match.group(1))
+
+
+def _wait_for(condition: Any, timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_full_queue_answers_429_and_a_disconnect_frees_the_slot(busy_url: str) -> None:
+    def hold_then_give_up() -> None:
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{busy_url}/generate", json=body, timeout=1.5)
+
+    holder = threading.Thread(target=hold_then_give_up)
+    holder.start()
+    _wait_for(lambda: _gauge(busy_url, "bpo_serve_queue_size") == 1, timeout=10)
+
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
+    overloaded = httpx.post(f"{busy_url}/generate", json=body, timeout=30)
+    _assert_error(overloaded, 429, "overloaded", "overloaded", "--max-queue")
+    assert overloaded.headers["retry-after"] == "1"
+    with pytest.raises(OverloadedError):
+        InferenceClient(busy_url).text_generation("Hello", max_new_tokens=2)
+
+    holder.join()
+    # the client gave up after 1.5 s; its batch window alone would have held the slot for 3 s
+    freed_after = _wait_for(lambda: _gauge(busy_url, "bpo_serve_queue_size") == 0, timeout=1.0)
+    assert freed_after < 1.0
+    streamed = httpx.post(
+        f"{busy_url}/generate_stream",
+        json={"inputs": "Hello", "parameters": {"max_new_tokens": 2}},
+        timeout=30,
+    )
+    assert streamed.status_code == 200
+
+
+def test_a_stream_whose_client_leaves_stops_generating(busy_url: str) -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 700}}  # seconds of work
+    with httpx.stream("POST", f"{busy_url}/generate_stream", json=body, timeout=30) as response:
+        lines = response.iter_lines()  # keep it: closing it would close the connection
+        first = next(line for line in lines if line.startswith("data:"))
+        assert '"index":1' in first
+        assert _gauge(busy_url, "bpo_serve_streams_running") == 1
+        assert _gauge(busy_url, "bpo_serve_queue_size") == 1
+    stopped_after = _wait_for(
+        lambda: (
+            _gauge(busy_url, "bpo_serve_streams_running") == 0
+            and _gauge(busy_url, "bpo_serve_queue_size") == 0
+        ),
+        timeout=3.0,
+    )
+    assert stopped_after < 3.0
+    text = httpx.get(f"{busy_url}/metrics", timeout=30).text
+    assert 'bpo_serve_requests_total{route="/generate_stream",status="200"}' in text
