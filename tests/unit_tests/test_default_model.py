@@ -138,7 +138,7 @@ def test_default_local_backend_loads_the_converted_model_and_generates(
         backend.load()
         assert time.perf_counter() - started < 20  # a plain folder: no GGUF de-quantizing
         assert backend.resolved_model == str(converted)
-        assert backend.template_kind == "chat"
+        assert backend.template_kind == "bpo"  # the shipped adapter's training template
         assert not getattr(backend.model, "is_quantized", False)
         greedy = GenerationSettings.for_mode("greedy", max_new_tokens=6)
         generation = backend.generate(["Tell me about Harry Potter"], greedy)[0]
