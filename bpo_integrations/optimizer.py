@@ -45,7 +45,8 @@ class BPOOptimizer:
 
     Args:
         backend: where the optimizer model runs; ``None`` uses the local default model.
-        mode: ``"stable"``, ``"aggressive"`` or ``"greedy"`` (see :class:`GenerationSettings`).
+        mode: ``"stable"``, ``"aggressive"`` or ``"greedy"`` (see :class:`GenerationSettings`);
+            ``None``: the backend's recommended settings, else ``"stable"``.
         settings: full generation settings; overrides ``mode``.
         iterations: rounds of re-optimization (the paper found about four rounds best).
         timeout: latency budget in seconds for one prompt, retries included; ``None``: no limit.
@@ -70,7 +71,7 @@ class BPOOptimizer:
         self,
         backend: Backend | None = None,
         *,
-        mode: Mode = "stable",
+        mode: Mode | None = None,
         settings: GenerationSettings | None = None,
         iterations: int = 1,
         timeout: float | None = 30.0,
@@ -97,7 +98,9 @@ class BPOOptimizer:
 
             backend = LocalBackend()
         self.backend = backend
-        self.settings = settings or GenerationSettings.for_mode(mode)
+        if settings is None and mode is None:
+            settings = backend.recommended_settings()
+        self.settings = settings or GenerationSettings.for_mode(mode or "stable")
         self.iterations = iterations
         self.timeout = timeout
         self.on_error: OnError = on_error

@@ -7,10 +7,22 @@ import email.utils
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 C = TypeVar("C")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_in_threads(fn: Callable[[T], R], items: Sequence[T], max_workers: int) -> list[R]:
+    """``[fn(item) for item in items]``, in order, on up to ``max_workers`` threads when there
+    is more than one item (a single item runs on the calling thread)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -36,6 +36,10 @@ class Backend(ABC):
         """Async twin of :meth:`generate`; the default runs it in a worker thread."""
         return await asyncio.to_thread(self.generate, prompts, settings, timeout=timeout)
 
+    def recommended_settings(self) -> GenerationSettings | None:
+        """How this backend's model decodes best when no mode is named (``None``: stable)."""
+        return None
+
     def cache_identity(self) -> Hashable:
         """What distinguishes this backend's outputs (endpoint, model) in the optimizer's cache."""
         return (type(self).__name__, id(self))

@@ -408,6 +408,18 @@ class LocalBackend(Backend):
         with self._stats_lock:
             return dict(self._stats)
 
+    def recommended_settings(self) -> GenerationSettings | None:
+        """The embedded default model rewrites best greedily, made to write past the prompt.
+
+        Measured on its dev split (see its model card): with sampling or plain greedy decoding it
+        often returns a short prompt unchanged; the length rule fixes that and scores higher.
+        """
+        if self.model_id is None and self.adapter_id is None:
+            return GenerationSettings.for_mode(
+                "greedy", min_new_tokens_from_prompt=True, max_new_tokens=256
+            )
+        return None
+
     def cache_identity(self) -> Hashable:
         return ("local", self.model_id, self.adapter_id, self.template)
 

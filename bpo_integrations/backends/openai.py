@@ -15,10 +15,9 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from bpo_integrations.backends._http import PerLoopClients, parse_retry_after
+from bpo_integrations.backends._http import PerLoopClients, map_in_threads, parse_retry_after
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import (
     BackendError,
@@ -166,10 +165,7 @@ class _ChatBackend(Backend):
                 self._raise_mapped(error, started)
             return self._to_generation(completion)
 
-        if len(prompts) <= 1:
-            return [one(p) for p in prompts]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(one, prompts))
+        return map_in_threads(one, prompts, self.max_concurrency)
 
     async def agenerate(
         self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None

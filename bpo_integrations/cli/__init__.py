@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
+
+# Libraries' deprecation notices are for developers, not for people running the command.
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 app = typer.Typer(
     name="bpo",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -82,15 +82,18 @@ def optimize_command(
     ] = None,
     device: Annotated[str | None, typer.Option(help="local: cuda, mps or cpu.")] = None,
     dtype: Annotated[str | None, typer.Option(help="local: float32, float16, bfloat16.")] = None,
-    mode: Annotated[ModeName, typer.Option(help="Decoding preset.")] = ModeName.stable,
+    mode: Annotated[
+        ModeName | None,
+        typer.Option(help="Decoding preset (default: the model's recommended one, else stable)."),
+    ] = None,
     iterations: Annotated[int, typer.Option(min=1, help="Rounds of re-optimization.")] = 1,
     timeout: Annotated[
         float, typer.Option(min=0.001, help="Latency budget per prompt, seconds.")
     ] = 300.0,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
     max_new_tokens: Annotated[
-        int, typer.Option(min=1, help="Longest rewrite, in tokens.")
-    ] = GenerationSettings.max_new_tokens,
+        int | None, typer.Option(min=1, help="Longest rewrite, in tokens.")
+    ] = None,
     concurrency: Annotated[
         int, typer.Option(min=1, help="Prompts optimized at once (file mode).")
     ] = 8,
@@ -113,9 +116,13 @@ def optimize_command(
             lines = read_input(input_path, prompt_field, context_field, id_field)
         else:
             prompt = _read_prompt(text)
-        settings = GenerationSettings.for_mode(mode.value, seed=seed, max_new_tokens=max_new_tokens)
         engine = build_backend(
             backend, endpoint=endpoint, model=model, adapter=adapter, device=device, dtype=dtype
+        )
+        preset = GenerationSettings.for_mode(mode.value) if mode else None
+        preset = preset or engine.recommended_settings() or GenerationSettings.for_mode("stable")
+        settings = replace(
+            preset, seed=seed, max_new_tokens=max_new_tokens or preset.max_new_tokens
         )
         _load_local(engine)
         optimizer = BPOOptimizer(
