@@ -28,6 +28,7 @@ from bpo_integrations.backends.tgi import TGIBackend
 from bpo_integrations.serve import ServeConfig
 from bpo_integrations.serve.server import build_app, serve_in_thread
 from bpo_integrations.template import format_bpo_prompt
+from bpo_integrations.testing.openapi import component, validator
 from bpo_integrations.testing.servers import hf_inference_online
 
 pytestmark = pytest.mark.shared_data
@@ -37,27 +38,12 @@ NEW_TOKENS = 8
 Validate = Callable[[str, Any], None]
 
 
-def _convert(node: Any) -> Any:
-    """OpenAPI 3.0 -> JSON Schema: component refs to ``$defs``, ``nullable`` to a null branch."""
-    if isinstance(node, list):
-        return [_convert(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _convert(v) for k, v in node.items() if k not in ("nullable", "example", "default")}
-    if "$ref" in out:
-        out["$ref"] = "#/$defs/" + out["$ref"].removeprefix("#/components/schemas/")
-    return {"anyOf": [out, {"type": "null"}]} if node.get("nullable") else out
-
-
 @pytest.fixture(scope="module")
 def conforms(tgi_openapi: dict[str, Any]) -> Validate:
     """``conforms("GenerateResponse", body)`` raises unless ``body`` fits TGI's schema."""
-    defs = {name: _convert(s) for name, s in tgi_openapi["components"]["schemas"].items()}
 
     def validate(name: str, instance: Any) -> None:
-        jsonschema.Draft202012Validator({"$defs": defs, "$ref": f"#/$defs/{name}"}).validate(
-            instance
-        )
+        validator(tgi_openapi, component(name)).validate(instance)
 
     return validate
 

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance  # noq
 
 from bpo_integrations.serve import ServeConfig  # noqa: E402
 from bpo_integrations.serve.server import build_app, serve_in_thread  # noqa: E402
+from bpo_integrations.testing.openapi import as_openapi_30  # noqa: E402
 
 pytestmark = pytest.mark.shared_data
 
@@ -50,31 +51,9 @@ def url(tiny_llama_dir: Path) -> Iterator[str]:
         yield base_url
 
 
-def _as_openapi_30(node: Any) -> Any:
-    """TGI's generator writes 3.1's numeric ``exclusiveMinimum: x`` into its 3.0 document; spell
-    it as 3.0 does (``minimum: x, exclusiveMinimum: true``), which schemathesis can generate."""
-    if isinstance(node, list):
-        return [_as_openapi_30(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _as_openapi_30(value) for key, value in node.items()}
-    for bound, exclusive, stricter in (
-        ("minimum", "exclusiveMinimum", max),
-        ("maximum", "exclusiveMaximum", min),
-    ):
-        limit = out.get(exclusive)
-        if isinstance(limit, bool) or not isinstance(limit, int | float):
-            continue
-        if bound in out and stricter(out[bound], limit) != limit:
-            del out[exclusive]  # the inclusive bound is the stricter one
-        else:
-            out[bound], out[exclusive] = limit, True
-    return out
-
-
 @pytest.fixture(scope="module")
 def schema(tgi_openapi: dict[str, Any]) -> Any:
-    return schemathesis.openapi.from_dict(_as_openapi_30(tgi_openapi))
+    return schemathesis.openapi.from_dict(as_openapi_30(tgi_openapi))
 
 
 def _fuzz(url: str, operation: Any, mode: GenerationMode, examples: int) -> None:

@@ -12,42 +12,14 @@ import httpx
 import jsonschema
 import pytest
 
+from bpo_integrations.testing.openapi import component, response_schema, validator
 from bpo_integrations.testing.servers import Fault, ScriptedServer
 
 pytestmark = pytest.mark.shared_data
 
-_REF_PREFIX = "#/components/schemas/"
-
-
-def _convert(node: Any) -> Any:
-    """OpenAPI 3.0 schema -> JSON Schema: component refs to ``$defs``, ``nullable`` to null."""
-    if isinstance(node, list):
-        return [_convert(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    converted = {
-        key: _convert(value)
-        for key, value in node.items()
-        if key not in ("nullable", "example", "default")
-    }
-    if "$ref" in converted:
-        converted["$ref"] = "#/$defs/" + converted["$ref"].removeprefix(_REF_PREFIX)
-    if node.get("nullable"):
-        return {"anyOf": [converted, {"type": "null"}]}
-    return converted
-
-
-def _validator(openapi: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    defs = {name: _convert(s) for name, s in openapi["components"]["schemas"].items()}
-    return jsonschema.Draft202012Validator({**_convert(schema), "$defs": defs})
-
-
-def _response_schema(openapi: dict[str, Any], method: str, path: str, status: str, media: str):
-    return openapi["paths"][path][method]["responses"][status]["content"][media]["schema"]
-
 
 def _validate(openapi: dict[str, Any], method: str, path: str, status: str, media: str, body: Any):
-    _validator(openapi, _response_schema(openapi, method, path, status, media)).validate(body)
+    validator(openapi, response_schema(openapi, method, path, status, media)).validate(body)
 
 
 def _sse_events(response: httpx.Response) -> list[str]:
@@ -67,13 +39,13 @@ def client() -> Any:
 
 
 def test_converter_rejects_bad_shapes(tgi_openapi: dict[str, Any]) -> None:
-    schema = {"$ref": _REF_PREFIX + "GenerateResponse"}
-    _validator(tgi_openapi, schema).validate({"generated_text": "x", "details": None})
+    schema = component("GenerateResponse")
+    validator(tgi_openapi, schema).validate({"generated_text": "x", "details": None})
     with pytest.raises(jsonschema.ValidationError):
-        _validator(tgi_openapi, schema).validate({"details": None})
+        validator(tgi_openapi, schema).validate({"details": None})
     details = {"finish_reason": "done", "generated_tokens": 1, "prefill": [], "tokens": []}
     with pytest.raises(jsonschema.ValidationError):
-        _validator(tgi_openapi, schema).validate({"generated_text": "x", "details": details})
+        validator(tgi_openapi, schema).validate({"generated_text": "x", "details": details})
 
 
 def test_generate_with_details(server, client, tgi_openapi) -> None:
@@ -116,12 +88,12 @@ def test_generate_stream(server, client, tgi_openapi) -> None:
     with client.stream("POST", server.url + "/generate_stream", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(e) for e in _sse_events(response)]
-    validator = _validator(
+    check = validator(
         tgi_openapi,
-        _response_schema(tgi_openapi, "post", "/generate_stream", "200", "text/event-stream"),
+        response_schema(tgi_openapi, "post", "/generate_stream", "200", "text/event-stream"),
     )
     for event in events:
-        validator.validate(event)
+        check.validate(event)
     assert [e["index"] for e in events] == list(range(len(events)))
     assert all(e["generated_text"] is None for e in events[:-1])
     assert events[-1]["generated_text"] == "Rewrite of: Name three colors"
@@ -171,12 +143,12 @@ def test_chat_completion_stream(server, client, tgi_openapi) -> None:
         events = _sse_events(response)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    validator = _validator(
+    check = validator(
         tgi_openapi,
-        _response_schema(tgi_openapi, "post", "/v1/chat/completions", "200", "text/event-stream"),
+        response_schema(tgi_openapi, "post", "/v1/chat/completions", "200", "text/event-stream"),
     )
     for chunk in chunks:
-        validator.validate(chunk)
+        check.validate(chunk)
     text = "".join(c["choices"][0]["delta"]["content"] for c in chunks)
     assert text == "Rewrite of: Explain DNS"
     assert [c["choices"][0]["finish_reason"] for c in chunks][-2:] == [None, "stop"]

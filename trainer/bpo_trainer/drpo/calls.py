@@ -4,7 +4,7 @@ A call's key hashes the role, the model's identity, the messages, the sampling s
 sample number, so a re-run (after a crash, or with more steps) replays finished calls from the
 file instead of sending them again; identical calls in flight at the same time are sent once.
 The plumbing (rate limiter, retries with ``Retry-After``, token and cost counters) is the BPO
-evaluation's (:mod:`bpo_trainer.evaluate.pipeline`).
+evaluation's (:mod:`bpo_trainer.evaluate.runtime`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bpo_trainer.drpo.config import ROLES, DRPOConfig
 from bpo_trainer.errors import StageFailedError
 from bpo_trainer.evaluate.chat import ChatModel, ChatReply, SamplingParams
 from bpo_trainer.evaluate.config import settings_hash
-from bpo_trainer.evaluate.pipeline import _existing, _Limiter, _Run, _Usage
+from bpo_trainer.evaluate.runtime import CallLimiter, RunState, Usage, records_by_key
 
 CALLS_FILE = "calls.jsonl"
 
@@ -44,29 +44,23 @@ class ModelCalls:
         self.config = config
         self.models = dict(models)
         self.path = output_dir / CALLS_FILE
-        self._done = _existing(self.path)
+        self._done = records_by_key(self.path)
         self._writer: JsonlWriter | None = None
         self._in_flight: dict[str, asyncio.Future[ChatReply]] = {}
         self._limiters = {
-            role: _Limiter(config.concurrency, config.requests_per_second) for role in ROLES
+            role: CallLimiter(config.concurrency, config.requests_per_second) for role in ROLES
         }
-        self.usage = {role: self._usage(role) for role in ROLES}
-        self.total = {role: self._usage(role) for role in ROLES}
+        self.usage = {role: Usage.priced(config, role) for role in ROLES}
+        self.total = {role: Usage.priced(config, role) for role in ROLES}
         self.cached_calls = dict.fromkeys(ROLES, 0)
-        self.run = _Run(
-            config=config,  # type: ignore[arg-type]  # _Run reads only the retry settings
+        self.run = RunState(
+            config=config,
             out=output_dir,
             progress=progress,
             usage=self.usage,
             total=self.total,
             new_calls=dict.fromkeys(ROLES, 0),
             failures=dict.fromkeys(ROLES, 0),
-        )
-
-    def _usage(self, role: str) -> _Usage:
-        return _Usage(
-            price_input=getattr(self.config, f"{role}_price_input"),
-            price_output=getattr(self.config, f"{role}_price_output"),
         )
 
     @property
@@ -107,7 +101,7 @@ class ModelCalls:
         record = self._done.get(key)
         if record is not None:
             self.cached_calls[role] += 1
-            self.total[role].add(record.get("prompt_tokens"), record.get("completion_tokens"))
+            self.run.count_cached(role, record)
             return _reply(record)
         pending = self._in_flight.get(key)
         if pending is not None:
@@ -143,9 +137,7 @@ class ModelCalls:
                 f"({type(error).__name__}: {error}); fix that endpoint and run again: finished "
                 f"calls are kept in {self.path}"
             ) from error
-        self.run.new_calls[role] += 1
-        self.usage[role].add(reply.prompt_tokens, reply.completion_tokens)
-        self.total[role].add(reply.prompt_tokens, reply.completion_tokens)
+        self.run.count_reply(role, reply)
         record = {
             "key": key,
             "role": role,

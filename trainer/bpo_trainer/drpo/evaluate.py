@@ -8,7 +8,7 @@ factuality, depth and engagement; safety for the prompts of ``safety_testsets``)
 paper evaluates on just-eval-instruct. The report gives the mean of each aspect per test set and
 variant, as a markdown table and a PNG chart.
 
-The machinery is the BPO evaluation's (:mod:`bpo_trainer.evaluate.pipeline`): ``answers.jsonl``
+The machinery is the BPO evaluation's (:mod:`bpo_trainer.evaluate.runtime`): ``answers.jsonl``
 and ``scores.jsonl`` in ``output_dir`` are the cache, keyed by the settings that determine each
 record, so a re-run makes no new calls and a stopped run resumes; the chat clients, rate limiter,
 retries and cost counters are shared.
@@ -33,8 +33,19 @@ from bpo_trainer.drpo.prompts import parse_scores
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.evaluate.chat import ChatModel, SamplingParams, build_chat_model
 from bpo_trainer.evaluate.config import settings_hash
-from bpo_trainer.evaluate.pipeline import _existing, _Limiter, _Run, _task, _Usage
-from bpo_trainer.evaluate.testsets import EvalPrompt, load_testset, sample_prompts
+from bpo_trainer.evaluate.runtime import (
+    CallLimiter,
+    RunState,
+    Usage,
+    records_by_key,
+    run_blocking,
+)
+from bpo_trainer.evaluate.testsets import (
+    EvalPrompt,
+    load_testset,
+    resolve_data_dir,
+    sample_prompts,
+)
 
 # just-eval's prompts, verbatim (just_eval/_MULTI_SCORE_TEMPLATE.py, _SAFETY_SCORE_TEMPLATE.py):
 # the scores stay comparable with the paper's.
@@ -324,12 +335,7 @@ class DRPOEvalConfig:
         return os.environ.get(getattr(self, f"{role}_api_key_env"), "") or "EMPTY"
 
     def resolved_data_dir(self) -> Path:
-        if self.data_dir:
-            return Path(self.data_dir)
-        shared = os.environ.get("BPO_SHARED_DIR")
-        if shared:
-            return Path(shared) / "data" / "bpo"
-        return Path.cwd().parent / "shared" / "data" / "bpo"
+        return resolve_data_dir(self.data_dir)
 
 
 @dataclass
@@ -384,9 +390,9 @@ def variant_messages(
 
 
 async def _answer_step(
-    run: _Run, items: Sequence[_Item], aligner: DRPOAligner, model: ChatModel
+    run: RunState[DRPOEvalConfig], items: Sequence[_Item], aligner: DRPOAligner, model: ChatModel
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    config: DRPOEvalConfig = run.config  # type: ignore[assignment]
+    config = run.config
     params = SamplingParams(
         max_tokens=config.answer_max_tokens,
         temperature=config.answer_temperature,
@@ -395,7 +401,7 @@ async def _answer_step(
     )
     step_hash = settings_hash("drpo-answer", model.identity(), asdict(params))
     path = run.out / ANSWERS_FILE
-    done = _existing(path)
+    done = records_by_key(path)
     answers: dict[tuple[str, str], dict[str, Any]] = {}
     todo = []
     for item in items:
@@ -406,15 +412,16 @@ async def _answer_step(
             key = settings_hash(step_hash, item.prompt.testset, item.prompt.id, variant, messages)
             if key in done:
                 answers[(item.key, variant)] = done[key]
-                run.total["answer"].add(
-                    done[key].get("prompt_tokens"), done[key].get("completion_tokens")
-                )
+                run.count_cached("answer", done[key])
             else:
                 todo.append((item, variant, messages, key))
     if not todo:
         return answers
-    limiter = _Limiter(config.concurrency, config.requests_per_second)
-    with JsonlWriter(path, fsync=False) as writer, _task(run, "answer", len(todo)) as advance:
+    limiter = CallLimiter(config.concurrency, config.requests_per_second)
+    with (
+        JsonlWriter(path, fsync=False) as writer,
+        run.progress_task("answer", len(todo)) as advance,
+    ):
 
         async def one(item: _Item, variant: str, messages: list[dict[str, str]], key: str) -> None:
             try:
@@ -425,9 +432,7 @@ async def _answer_step(
                 run.fail("answer", error)
                 advance()
                 return
-            run.new_calls["answer"] += 1
-            run.usage["answer"].add(reply.prompt_tokens, reply.completion_tokens)
-            run.total["answer"].add(reply.prompt_tokens, reply.completion_tokens)
+            run.count_reply("answer", reply)
             record = {
                 "key": key,
                 "testset": item.prompt.testset,
@@ -449,18 +454,18 @@ async def _answer_step(
 
 
 async def _score_step(
-    run: _Run,
+    run: RunState[DRPOEvalConfig],
     items: Sequence[_Item],
     answers: dict[tuple[str, str], dict[str, Any]],
     model: ChatModel,
 ) -> list[dict[str, Any]]:
-    config: DRPOEvalConfig = run.config  # type: ignore[assignment]
+    config = run.config
     params = SamplingParams(
         max_tokens=config.judge_max_tokens, temperature=config.judge_temperature
     )
     step_hash = settings_hash("drpo-score", model.identity(), asdict(params), "just-eval")
     path = run.out / SCORES_FILE
-    done = _existing(path)
+    done = records_by_key(path)
     records: list[dict[str, Any]] = []
     todo = []
     for item in items:
@@ -479,15 +484,13 @@ async def _score_step(
             )
             if key in done:
                 records.append(done[key])
-                run.total["judge"].add(
-                    done[key].get("prompt_tokens"), done[key].get("completion_tokens")
-                )
+                run.count_cached("judge", done[key])
             else:
                 todo.append((item, variant, answer["answer"], key))
     if not todo:
         return records
-    limiter = _Limiter(config.concurrency, config.requests_per_second)
-    with JsonlWriter(path, fsync=False) as writer, _task(run, "judge", len(todo)) as advance:
+    limiter = CallLimiter(config.concurrency, config.requests_per_second)
+    with JsonlWriter(path, fsync=False) as writer, run.progress_task("judge", len(todo)) as advance:
 
         async def one(item: _Item, variant: str, answer: str, key: str) -> None:
             messages = just_eval_messages(item.prompt.prompt, answer, safety=item.safety)
@@ -499,9 +502,7 @@ async def _score_step(
                 run.fail("judge", error)
                 advance()
                 return
-            run.new_calls["judge"] += 1
-            run.usage["judge"].add(reply.prompt_tokens, reply.completion_tokens)
-            run.total["judge"].add(reply.prompt_tokens, reply.completion_tokens)
+            run.count_reply("judge", reply)
             aspects = SAFETY_ASPECTS if item.safety else MULTI_ASPECTS
             evaluation = parse_scores(reply.text, aspects)
             record = {
@@ -621,7 +622,7 @@ def _write_report(
     config: DRPOEvalConfig,
     aligner: DRPOAligner,
     records: Sequence[dict[str, Any]],
-    run: _Run,
+    run: RunState[DRPOEvalConfig],
     items: int,
 ) -> tuple[Path, Path | None, dict[str, Any]]:
     out = Path(config.output_dir)
@@ -724,12 +725,6 @@ async def arun_drpo_eval(
         judge_model = build_chat_model(config, "judge")  # type: ignore[arg-type]
         owned.append(judge_model)
 
-    def usage(role: str) -> _Usage:
-        return _Usage(
-            price_input=getattr(config, f"{role}_price_input"),
-            price_output=getattr(config, f"{role}_price_output"),
-        )
-
     progress_cm: Any = contextlib.nullcontext(None)
     if config.progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -737,12 +732,12 @@ async def arun_drpo_eval(
         progress_cm = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with progress_cm as progress:
-            run = _Run(
-                config=config,  # type: ignore[arg-type]  # _Run reads only the retry settings
+            run = RunState(
+                config=config,
                 out=out,
                 progress=progress,
-                usage={"answer": usage("answer"), "judge": usage("judge")},
-                total={"answer": usage("answer"), "judge": usage("judge")},
+                usage={role: Usage.priced(config, role) for role in ("answer", "judge")},
+                total={role: Usage.priced(config, role) for role in ("answer", "judge")},
                 new_calls={"answer": 0, "judge": 0},
                 failures={"answer": 0, "judge": 0},
             )
@@ -777,13 +772,8 @@ def run_drpo_eval(
         ...                         answer_url="http://localhost:8000/v1", answer_model="mistral")
         >>> print(run_drpo_eval(config).report_path.read_text())  # doctest: +SKIP
     """
-    coro = arun_drpo_eval(
-        config, answer_model=answer_model, judge_model=judge_model, embeddings=embeddings
+    return run_blocking(
+        arun_drpo_eval(
+            config, answer_model=answer_model, judge_model=judge_model, embeddings=embeddings
+        )
     )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    from bpo_integrations._loop import run_sync
-
-    return run_sync(coro)

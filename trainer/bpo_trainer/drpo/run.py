@@ -18,6 +18,7 @@ from bpo_trainer.drpo.markdown import render_search_log
 from bpo_trainer.drpo.search import ICLSearch, OptimizedExample, PromptSearch
 from bpo_trainer.drpo.steps import StepLog
 from bpo_trainer.evaluate.chat import ChatModel, build_chat_model
+from bpo_trainer.evaluate.runtime import run_blocking
 
 LOG_FILE = "search_log.md"
 
@@ -261,17 +262,12 @@ def run_drpo(
         >>> result = run_drpo(config)  # doctest: +SKIP
         >>> print(result.artifact.system_prompt)  # doctest: +SKIP
     """
-    coro = arun_drpo(
-        config,
-        base_model=base_model,
-        optimizer_model=optimizer_model,
-        judge_model=judge_model,
-        embeddings=embeddings,
+    return run_blocking(
+        arun_drpo(
+            config,
+            base_model=base_model,
+            optimizer_model=optimizer_model,
+            judge_model=judge_model,
+            embeddings=embeddings,
+        )
     )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    from bpo_integrations._loop import run_sync
-
-    return run_sync(coro)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bpo_integrations.jsonl import JsonlWriter
-from bpo_trainer.evaluate.pipeline import _existing
+from bpo_trainer.evaluate.runtime import records_by_key
 
 STEPS_FILE = "steps.jsonl"
 
@@ -24,7 +24,7 @@ class StepLog:
 
     def __init__(self, output_dir: Path) -> None:
         self.path = output_dir / STEPS_FILE
-        self._records = _existing(self.path)
+        self._records = records_by_key(self.path)
         self._writer: JsonlWriter | None = None
         self.reused = 0
         self.written = 0

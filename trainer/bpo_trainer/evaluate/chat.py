@@ -46,6 +46,20 @@ class ChatReply:
     completion_tokens: int | None = None
 
 
+def _reply_from_completion(completion: Any, where: str) -> ChatReply:
+    """The first choice of an OpenAI-shaped chat completion (openai's or huggingface_hub's)."""
+    if not completion.choices:
+        raise TransientBackendError(f"{where} answered no choices")
+    choice = completion.choices[0]
+    usage = completion.usage
+    return ChatReply(
+        text=choice.message.content or "",
+        finish_reason=choice.finish_reason,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+    )
+
+
 class ChatModel(ABC):
     """A chat model that answers a list of messages."""
 
@@ -151,16 +165,7 @@ class OpenAIChat(ChatModel):
             raise BackendUnavailableError(f"cannot reach {where}: {error}") from error
         except (json.JSONDecodeError, openai.APIResponseValidationError) as error:
             raise TransientBackendError(f"{where} answered malformed JSON: {error}") from error
-        if not response.choices:
-            raise TransientBackendError(f"{where} answered no choices")
-        choice = response.choices[0]
-        usage = response.usage
-        return ChatReply(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-        )
+        return _reply_from_completion(response, where)
 
     async def aclose(self) -> None:
         await self._clients.close()
@@ -240,16 +245,7 @@ class TGIChat(ChatModel):
             raise BackendUnavailableError(f"cannot reach {where}: {error!r}") from error
         except json.JSONDecodeError as error:
             raise TransientBackendError(f"{where} answered malformed JSON: {error}") from error
-        if not output.choices:
-            raise TransientBackendError(f"{where} answered no choices")
-        choice = output.choices[0]
-        usage = output.usage
-        return ChatReply(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-        )
+        return _reply_from_completion(output, where)
 
     async def aclose(self) -> None:
         await self._clients.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bpo_trainer.errors import TrainerConfigError
+from bpo_trainer.evaluate.testsets import resolve_data_dir
 
 BUILTIN_TESTSETS = ("vicuna", "dolly", "self_instruct")
 OPTIMIZERS = ("tgi", "openai", "local", "file", "none")
@@ -295,12 +296,7 @@ class EvalConfig:
 
     def resolved_data_dir(self) -> Path:
         """Where the built-in test sets are read from."""
-        if self.data_dir:
-            return Path(self.data_dir)
-        shared = os.environ.get("BPO_SHARED_DIR")
-        if shared:
-            return Path(shared) / "data" / "bpo"
-        return Path.cwd().parent / "shared" / "data" / "bpo"
+        return resolve_data_dir(self.data_dir)
 
     def api_key(self, role: str) -> str:
         """The API key for ``role`` ('answer' or 'judge') from its environment variable.

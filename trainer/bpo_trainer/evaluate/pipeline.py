@@ -17,36 +17,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
-from bpo_integrations.errors import BackendUnavailableError, TransientBackendError
-from bpo_integrations.jsonl import JsonlWriter, read_jsonl
+from bpo_integrations.jsonl import JsonlWriter
 from bpo_integrations.template import join_context
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.evaluate.chat import ChatModel, SamplingParams, build_chat_model
 from bpo_trainer.evaluate.config import EvalConfig, settings_hash
 from bpo_trainer.evaluate.judge import JudgePrompt, get_judge_prompt
+from bpo_trainer.evaluate.runtime import (
+    CallLimiter,
+    RunState,
+    Usage,
+    records_by_key,
+    run_blocking,
+)
 from bpo_trainer.evaluate.testsets import EvalPrompt, load_testset, sample_prompts
 from bpo_trainer.records import read_records
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
     from bpo_integrations import BPOOptimizer
-
-logger = logging.getLogger("bpo_trainer.evaluate")
-T = TypeVar("T")
 
 OPTIMIZED_FILE = "optimized.jsonl"
 ANSWERS_FILE = "answers.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
+STEPS = ("optimize", "answer", "judge")
 _RETRYABLE_FALLBACKS = ("timeout", "backend_", "circuit_open", "unexpected_error")
 
 
@@ -103,145 +101,6 @@ def combine_orders(first: str, second: str) -> str:
     if "invalid" in (first, second):
         return "invalid"
     return first if first == second else "inconsistent"
-
-
-# -- plumbing ----------------------------------------------------------------------------------
-
-
-class _Limiter:
-    """At most ``concurrency`` calls in flight, and at most ``rate`` call starts a second."""
-
-    def __init__(self, concurrency: int, rate: float | None) -> None:
-        self._semaphore = asyncio.Semaphore(concurrency)
-        self._interval = 1.0 / rate if rate else 0.0
-        self._next_start = 0.0
-        self._lock = asyncio.Lock()
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._semaphore:
-            if self._interval:
-                async with self._lock:
-                    now = time.monotonic()
-                    delay = max(0.0, self._next_start - now)
-                    self._next_start = max(now, self._next_start) + self._interval
-                if delay:
-                    await asyncio.sleep(delay)
-            yield
-
-
-@dataclass
-class _Usage:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reported: int = 0
-    price_input: float = 0.0
-    price_output: float = 0.0
-
-    def add(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
-        self.calls += 1
-        if prompt_tokens is not None or completion_tokens is not None:
-            self.reported += 1
-        self.prompt_tokens += prompt_tokens or 0
-        self.completion_tokens += completion_tokens or 0
-
-    @property
-    def cost_usd(self) -> float:
-        return (
-            self.prompt_tokens * self.price_input + self.completion_tokens * self.price_output
-        ) / 1e6
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "calls_with_usage": self.reported,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-        }
-
-
-@dataclass
-class _Run:
-    """State shared by the steps of one run."""
-
-    config: EvalConfig
-    out: Path
-    progress: Progress | None
-    usage: dict[str, _Usage]
-    total: dict[str, _Usage]
-    new_calls: dict[str, int] = field(
-        default_factory=lambda: {"optimize": 0, "answer": 0, "judge": 0}
-    )
-    failures: dict[str, int] = field(
-        default_factory=lambda: {"optimize": 0, "answer": 0, "judge": 0}
-    )
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def fail(self, step: str, error: BaseException) -> None:
-        self.failures[step] += 1
-        message = f"{type(error).__name__}: {error}"
-        if step not in self.errors:
-            self.errors[step] = message
-            logger.warning(
-                "%s step: a call failed after retries (%s); re-run to retry", step, message
-            )
-
-    def describe(self) -> str:
-        parts = []
-        for role, usage in self.usage.items():
-            tokens = usage.prompt_tokens + usage.completion_tokens
-            text = f"{role} {tokens:,} tok"
-            if usage.price_input or usage.price_output:
-                text += f" ${usage.cost_usd:.4f}"
-            parts.append(text)
-        return " | ".join(parts)
-
-    async def call(self, limiter: _Limiter, fn: Callable[[], Awaitable[T]]) -> T:
-        """``fn()`` under the limiter, retried on transient errors with backoff (Retry-After)."""
-        cap = self.config.retry_max_wait
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            hinted = getattr(error, "retry_after", None)
-            backoff = 0.5 * 2 ** (state.attempt_number - 1)
-            return min(hinted if hinted is not None else backoff, cap)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait,
-            retry=retry_if_exception_type((TransientBackendError, BackendUnavailableError)),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                async with limiter.slot():
-                    return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _existing(path: Path) -> dict[str, dict[str, Any]]:
-    """The records already in a step file, by key (the last one wins)."""
-    if not path.exists():
-        return {}
-    return {r["key"]: r for r in read_jsonl(path, allow_truncated_tail=True) if "key" in r}
-
-
-@contextlib.contextmanager
-def _task(run: _Run, label: str, total: int) -> Iterator[Callable[[], None]]:
-    if run.progress is None:
-        yield lambda: None
-        return
-    task = run.progress.add_task(label, total=total)
-
-    def advance() -> None:
-        run.progress.update(task, advance=1, description=f"{label}  {run.describe()}")  # type: ignore[union-attr]
-
-    try:
-        yield advance
-    finally:
-        run.progress.update(task, description=f"{label}  {run.describe()}")
 
 
 # -- step 1: optimize --------------------------------------------------------------------------
@@ -360,7 +219,7 @@ def _item_key(item: EvalPrompt) -> str:
 
 
 async def _optimize_step(
-    run: _Run, items: Sequence[EvalPrompt], optimizer: BPOOptimizer | None
+    run: RunState[EvalConfig], items: Sequence[EvalPrompt], optimizer: BPOOptimizer | None
 ) -> dict[str, _Optimized]:
     config = run.config
     step_hash = settings_hash(
@@ -370,7 +229,7 @@ async def _optimize_step(
         config.context_mode,
     )
     path = run.out / OPTIMIZED_FILE
-    done = _existing(path)
+    done = records_by_key(path)
     keys = {
         _item_key(item): settings_hash(step_hash, item.testset, item.id, item.prompt)
         for item in items
@@ -415,9 +274,9 @@ async def _optimize_step(
 
         owned = optimizer is None
         optimizer = optimizer or _build_optimizer(config)
-        limiter = _Limiter(config.concurrency, config.requests_per_second)
+        limiter = CallLimiter(config.concurrency, config.requests_per_second)
         try:
-            with _task(run, "optimize", len(todo)) as advance:
+            with run.progress_task("optimize", len(todo)) as advance:
 
                 async def one(item: EvalPrompt) -> None:
                     inline = config.context_mode == "inline"
@@ -474,7 +333,7 @@ def _variants(item: EvalPrompt, optimized: _Optimized) -> list[tuple[str, str]]:
 
 
 async def _answer_step(
-    run: _Run,
+    run: RunState[EvalConfig],
     items: Sequence[EvalPrompt],
     optimized: dict[str, _Optimized],
     model: ChatModel,
@@ -488,7 +347,7 @@ async def _answer_step(
     )
     step_hash = settings_hash("answer", model.identity(), asdict(params))
     path = run.out / ANSWERS_FILE
-    done = _existing(path)
+    done = records_by_key(path)
     answers: dict[tuple[str, str], str] = {}
     todo: list[tuple[EvalPrompt, str, str, str]] = []
     for item in items:
@@ -498,16 +357,16 @@ async def _answer_step(
             key = settings_hash(step_hash, item.testset, item.id, variant, text)
             if key in done:
                 answers[(_item_key(item), variant)] = done[key]["answer"]
-                run.total["answer"].add(
-                    done[key].get("prompt_tokens"), done[key].get("completion_tokens")
-                )
+                run.count_cached("answer", done[key])
             else:
                 todo.append((item, variant, text, key))
     if not todo:
         return answers
-    limiter = _Limiter(config.concurrency, config.requests_per_second)
-    usage = run.usage["answer"]
-    with JsonlWriter(path, fsync=False) as writer, _task(run, "answer", len(todo)) as advance:
+    limiter = CallLimiter(config.concurrency, config.requests_per_second)
+    with (
+        JsonlWriter(path, fsync=False) as writer,
+        run.progress_task("answer", len(todo)) as advance,
+    ):
 
         async def one(item: EvalPrompt, variant: str, text: str, key: str) -> None:
             messages = [{"role": "user", "content": text}]
@@ -520,9 +379,7 @@ async def _answer_step(
                 run.fail("answer", error)
                 advance()
                 return
-            run.new_calls["answer"] += 1
-            usage.add(reply.prompt_tokens, reply.completion_tokens)
-            run.total["answer"].add(reply.prompt_tokens, reply.completion_tokens)
+            run.count_reply("answer", reply)
             writer.write(
                 {
                     "key": key,
@@ -552,7 +409,7 @@ def _judge_params(config: EvalConfig, prompt: JudgePrompt) -> SamplingParams:
 
 
 async def _judge_step(
-    run: _Run,
+    run: RunState[EvalConfig],
     items: Sequence[EvalPrompt],
     answers: dict[tuple[str, str], str],
     model: ChatModel,
@@ -563,7 +420,7 @@ async def _judge_step(
     params = _judge_params(config, prompt)
     step_hash = settings_hash("judge", model.identity(), prompt.name, asdict(params))
     path = run.out / JUDGMENTS_FILE
-    done = _existing(path)
+    done = records_by_key(path)
     records: list[dict[str, Any]] = []
     todo: list[dict[str, Any]] = []
     missing = 0
@@ -592,9 +449,7 @@ async def _judge_step(
                 )
                 if key in done:
                     records.append(done[key])
-                    run.total["judge"].add(
-                        done[key].get("prompt_tokens"), done[key].get("completion_tokens")
-                    )
+                    run.count_cached("judge", done[key])
                     continue
                 answer_a, answer_b = (
                     (improved, original) if position == "A" else (original, improved)
@@ -610,9 +465,8 @@ async def _judge_step(
                 )
     if not todo:
         return records, missing
-    limiter = _Limiter(config.concurrency, config.requests_per_second)
-    usage = run.usage["judge"]
-    with JsonlWriter(path, fsync=False) as writer, _task(run, "judge", len(todo)) as advance:
+    limiter = CallLimiter(config.concurrency, config.requests_per_second)
+    with JsonlWriter(path, fsync=False) as writer, run.progress_task("judge", len(todo)) as advance:
 
         async def one(job: dict[str, Any]) -> None:
             item: EvalPrompt = job["item"]
@@ -625,9 +479,7 @@ async def _judge_step(
                 run.fail("judge", error)
                 advance()
                 return
-            run.new_calls["judge"] += 1
-            usage.add(reply.prompt_tokens, reply.completion_tokens)
-            run.total["judge"].add(reply.prompt_tokens, reply.completion_tokens)
+            run.count_reply("judge", reply)
             verdict = prompt.parse(reply.text)
             record = {
                 "key": job["key"],
@@ -717,22 +569,8 @@ async def arun_eval(
     if judge_model is None:
         judge_model = build_chat_model(config, "judge")
         owned.append(judge_model)
-    usage = {
-        "answer": _Usage(
-            price_input=config.answer_price_input, price_output=config.answer_price_output
-        ),
-        "judge": _Usage(
-            price_input=config.judge_price_input, price_output=config.judge_price_output
-        ),
-    }
-    total = {
-        "answer": _Usage(
-            price_input=config.answer_price_input, price_output=config.answer_price_output
-        ),
-        "judge": _Usage(
-            price_input=config.judge_price_input, price_output=config.judge_price_output
-        ),
-    }
+    usage = {role: Usage.priced(config, role) for role in ("answer", "judge")}
+    total = {role: Usage.priced(config, role) for role in ("answer", "judge")}
     progress_cm: Any = contextlib.nullcontext(None)
     if config.progress:
         from rich.progress import (
@@ -751,7 +589,15 @@ async def arun_eval(
         )
     try:
         with progress_cm as progress:
-            run = _Run(config=config, out=out, progress=progress, usage=usage, total=total)
+            run = RunState(
+                config=config,
+                out=out,
+                progress=progress,
+                usage=usage,
+                total=total,
+                new_calls=dict.fromkeys(STEPS, 0),
+                failures=dict.fromkeys(STEPS, 0),
+            )
             optimized = await _optimize_step(run, items, optimizer)
             answers = await _answer_step(run, items, optimized, answer_model)
             records, missing = await _judge_step(run, items, answers, judge_model)
@@ -815,13 +661,6 @@ def run_eval(
         >>> result = run_eval(config, optimizer=optimizer)  # doctest: +SKIP
         >>> print(result.report_path.read_text())  # doctest: +SKIP
     """
-    coro = arun_eval(
-        config, optimizer=optimizer, answer_model=answer_model, judge_model=judge_model
+    return run_blocking(
+        arun_eval(config, optimizer=optimizer, answer_model=answer_model, judge_model=judge_model)
     )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    from bpo_integrations._loop import run_sync
-
-    return run_sync(coro)

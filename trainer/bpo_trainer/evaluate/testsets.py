@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ BUILTINS: Mapping[str, _Builtin] = {
 """The paper's test sets: file name in the data folder and the id field the reference keys on."""
 
 _ID_FIELDS = ("id", "idx", "question_id")
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """Where the built-in test sets are read from: ``data_dir``, else ``$BPO_SHARED_DIR/data/bpo``,
+    else ``../shared/data/bpo`` beside the working directory."""
+    if data_dir:
+        return Path(data_dir)
+    shared = os.environ.get("BPO_SHARED_DIR")
+    if shared:
+        return Path(shared) / "data" / "bpo"
+    return Path.cwd().parent / "shared" / "data" / "bpo"
 
 
 def load_testset(name_or_path: str, *, data_dir: str | Path | None = None) -> list[EvalPrompt]:

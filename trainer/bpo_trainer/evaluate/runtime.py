@@ -1,0 +1,231 @@
+"""The machinery of a stage that makes many model calls: rate limits, retries, token and cost
+counters, and step files that make a run resumable.
+
+A step appends one JSONL record per finished call, keyed by a hash of what determines it;
+``records_by_key`` reads them back, so a re-run replays finished work instead of calling again.
+Shared by the BPO evaluation (:mod:`bpo_trainer.evaluate.pipeline`) and the DRPO stages.
+
+Example:
+    >>> import asyncio
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Retries:
+    ...     max_retries: int = 2
+    ...     retry_max_wait: float = 1.0
+    >>> run = RunState(Retries(), out=Path("."), progress=None,
+    ...                usage={"judge": Usage()}, total={"judge": Usage()},
+    ...                new_calls={"judge": 0}, failures={"judge": 0})
+    >>> async def judge() -> str:
+    ...     return "[[A]]"
+    >>> asyncio.run(run.call(CallLimiter(concurrency=4, rate=None), judge))
+    '[[A]]'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from bpo_integrations.errors import BackendUnavailableError, TransientBackendError
+from bpo_integrations.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from bpo_trainer.evaluate.chat import ChatReply
+
+__all__ = [
+    "CallLimiter",
+    "RetrySettings",
+    "RunState",
+    "Usage",
+    "records_by_key",
+    "run_blocking",
+]
+
+logger = logging.getLogger("bpo_trainer.evaluate")
+T = TypeVar("T")
+
+
+class RetrySettings(Protocol):
+    """What :meth:`RunState.call` reads of a stage's config."""
+
+    max_retries: int
+    retry_max_wait: float
+
+
+C = TypeVar("C", bound=RetrySettings)
+
+
+class CallLimiter:
+    """At most ``concurrency`` calls in flight, and at most ``rate`` call starts a second."""
+
+    def __init__(self, concurrency: int, rate: float | None) -> None:
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next_start = 0.0
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._semaphore:
+            if self._interval:
+                async with self._lock:
+                    now = time.monotonic()
+                    delay = max(0.0, self._next_start - now)
+                    self._next_start = max(now, self._next_start) + self._interval
+                if delay:
+                    await asyncio.sleep(delay)
+            yield
+
+
+@dataclass
+class Usage:
+    """Calls, tokens and cost (prices in USD per million tokens) of one model."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reported: int = 0
+    price_input: float = 0.0
+    price_output: float = 0.0
+
+    @classmethod
+    def priced(cls, config: Any, role: str) -> Usage:
+        """An empty counter priced by ``config``'s ``{role}_price_input``/``_output`` fields."""
+        return cls(
+            price_input=getattr(config, f"{role}_price_input"),
+            price_output=getattr(config, f"{role}_price_output"),
+        )
+
+    def add(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        self.calls += 1
+        if prompt_tokens is not None or completion_tokens is not None:
+            self.reported += 1
+        self.prompt_tokens += prompt_tokens or 0
+        self.completion_tokens += completion_tokens or 0
+
+    @property
+    def cost_usd(self) -> float:
+        return (
+            self.prompt_tokens * self.price_input + self.completion_tokens * self.price_output
+        ) / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "calls_with_usage": self.reported,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+@dataclass
+class RunState(Generic[C]):
+    """State shared by the steps of one run: the usage of this run and in all (cached records
+    included), the new and failed calls per step, and the first error of each step."""
+
+    config: C
+    out: Path
+    progress: Progress | None
+    usage: dict[str, Usage]
+    total: dict[str, Usage]
+    new_calls: dict[str, int]
+    failures: dict[str, int]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def count_reply(self, step: str, reply: ChatReply) -> None:
+        """Count a call this run made: one new call, its tokens in ``usage`` and ``total``."""
+        self.new_calls[step] += 1
+        self.usage[step].add(reply.prompt_tokens, reply.completion_tokens)
+        self.total[step].add(reply.prompt_tokens, reply.completion_tokens)
+
+    def count_cached(self, step: str, record: Mapping[str, Any]) -> None:
+        """Count a record replayed from a step file: its tokens in ``total`` only."""
+        self.total[step].add(record.get("prompt_tokens"), record.get("completion_tokens"))
+
+    def fail(self, step: str, error: BaseException) -> None:
+        self.failures[step] += 1
+        message = f"{type(error).__name__}: {error}"
+        if step not in self.errors:
+            self.errors[step] = message
+            logger.warning(
+                "%s step: a call failed after retries (%s); re-run to retry", step, message
+            )
+
+    def describe(self) -> str:
+        parts = []
+        for role, usage in self.usage.items():
+            tokens = usage.prompt_tokens + usage.completion_tokens
+            text = f"{role} {tokens:,} tok"
+            if usage.price_input or usage.price_output:
+                text += f" ${usage.cost_usd:.4f}"
+            parts.append(text)
+        return " | ".join(parts)
+
+    async def call(self, limiter: CallLimiter, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()`` under the limiter, retried on transient errors with backoff (Retry-After)."""
+        cap = self.config.retry_max_wait
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            hinted = getattr(error, "retry_after", None)
+            backoff = 0.5 * 2 ** (state.attempt_number - 1)
+            return min(hinted if hinted is not None else backoff, cap)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=wait,
+            retry=retry_if_exception_type((TransientBackendError, BackendUnavailableError)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                async with limiter.slot():
+                    return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def progress_task(self, label: str, total: int) -> Iterator[Callable[[], None]]:
+        """A progress bar for a step of ``total`` calls; yields its ``advance()``."""
+        progress = self.progress
+        if progress is None:
+            yield lambda: None
+            return
+        task = progress.add_task(label, total=total)
+
+        def advance() -> None:
+            progress.update(task, advance=1, description=f"{label}  {self.describe()}")
+
+        try:
+            yield advance
+        finally:
+            progress.update(task, description=f"{label}  {self.describe()}")
+
+
+def records_by_key(path: Path) -> dict[str, dict[str, Any]]:
+    """The records already in a step file, by key (the last one wins)."""
+    if not path.exists():
+        return {}
+    return {r["key"]: r for r in read_jsonl(path, allow_truncated_tail=True) if "key" in r}
+
+
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a stage's coroutine from sync code: on a fresh event loop, or on bpo_integrations'
+    background loop when this thread already runs one (a notebook, an async caller)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from bpo_integrations._loop import run_sync
+
+    return run_sync(coro)
