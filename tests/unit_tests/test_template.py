@@ -17,6 +17,8 @@ def test_chat_message_is_the_instruction_without_inst_markers() -> None:
 
 
 def test_context_is_joined_verbatim_after_the_instruction() -> None:
-    assert join_context("Summarize this.", "Line 1\n\nLine 2") == "Summarize this.\nLine 1\n\nLine 2"
+    assert (
+        join_context("Summarize this.", "Line 1\n\nLine 2") == "Summarize this.\nLine 1\n\nLine 2"
+    )
     assert join_context("Just this.", None) == "Just this."
     assert join_context("Just this.", "") == "Just this."
