@@ -82,6 +82,10 @@ class LocalBackend(Backend):
             what it speeds up: 2.1x with identical outputs on the embedded default model (see
             BENCHMARKS.md); on a model that answers instead of rewriting it can be slower.
         prompt_lookup_tokens: candidate tokens per prompt-lookup step.
+        segment_tokens: a batch of several rows generates this many new tokens at a time; after
+            each segment the rows that finished (eos, a stop string, a caller that gave up)
+            leave the batch and the rest continue from the KV cache, so a batch costs what its
+            running rows cost rather than running every row to the longest one.
         template: how a user prompt becomes the model's input. ``"bpo"``: the raw BPO template
             ``[INST] ... [/INST]`` (what ``THUDM/BPO`` was trained on); ``"chat"``: the
             tokenizer's chat template around :func:`~bpo_integrations.template.format_bpo_message`;
@@ -129,6 +133,7 @@ class LocalBackend(Backend):
         batch_wait_ms: float = 5.0,
         prompt_lookup: bool = True,
         prompt_lookup_tokens: int = 10,
+        segment_tokens: int = 8,
         template: TemplateKind = "auto",
         trust_remote_code: bool = False,
     ) -> None:
@@ -138,6 +143,8 @@ class LocalBackend(Backend):
             raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
         if prompt_lookup_tokens < 1:
             raise ValueError(f"prompt_lookup_tokens must be >= 1, got {prompt_lookup_tokens}")
+        if segment_tokens < 1:
+            raise ValueError(f"segment_tokens must be >= 1, got {segment_tokens}")
         if dtype is not None and dtype != "auto" and dtype not in _DTYPES:
             choices = ", ".join(sorted(set(_DTYPES.values())))
             raise ValueError(f"unknown dtype {dtype!r}: choose one of {choices}, or None (auto)")
@@ -151,6 +158,7 @@ class LocalBackend(Backend):
         self.batch_wait_ms = batch_wait_ms
         self.prompt_lookup = prompt_lookup
         self.prompt_lookup_tokens = prompt_lookup_tokens
+        self.segment_tokens = segment_tokens
         self.template = template
         self.trust_remote_code = trust_remote_code
 
@@ -164,7 +172,14 @@ class LocalBackend(Backend):
         self._device: torch.device | None = None
         self._template_kind: Literal["bpo", "chat"] | None = None
         self._bad_words_cache: dict[tuple[str, ...], list[list[int]]] = {}
-        self._stats = {"batches": 0, "rows": 0, "requests": 0, "max_batch_rows": 0}
+        self._stats = {
+            "batches": 0,
+            "rows": 0,
+            "requests": 0,
+            "max_batch_rows": 0,
+            "segments": 0,
+            "row_steps": 0,
+        }
         self.resolved_model: str | None = None
         self.resolved_adapter: str | None = None
 
@@ -405,8 +420,9 @@ class LocalBackend(Backend):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: ``batches`` (``model.generate`` calls), ``rows``, ``requests``,
-        ``max_batch_rows``."""
+        """Counters: ``batches`` (batches of rows run together), ``rows``, ``requests``,
+        ``max_batch_rows``, ``segments`` (``model.generate`` calls) and ``row_steps`` (rows
+        times decoding steps actually run: finished rows leave the batch and stop counting)."""
         with self._stats_lock:
             return dict(self._stats)
 
@@ -562,7 +578,7 @@ class LocalBackend(Backend):
         self, chunk: list[tuple[_Request, int]], owners: list[_Request]
     ) -> list[Generation]:
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+        from transformers import StopStringCriteria
 
         settings = chunk[0][0].settings
         tokenizer, model, device = self._tokenizer, self._model, self._device
@@ -576,48 +592,144 @@ class LocalBackend(Backend):
                 {"input_ids": encoded}, padding=True, padding_side="left", return_tensors="pt"
             )
             bad_words = self._bad_words_ids(settings.bad_words) if settings.bad_words else None
+            stop_strings = (
+                StopStringCriteria(tokenizer=tokenizer, stop_strings=list(settings.stop))
+                if settings.stop and len(chunk) > 1
+                else None
+            )
         input_ids = batch["input_ids"].to(device)
         attention_mask = batch["attention_mask"].to(device)
-        prompt_length = input_ids.shape[1]
         eos_ids = _eos_ids(model, tokenizer)
 
         kwargs: dict[str, Any] = {
-            "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
             "pad_token_id": tokenizer.pad_token_id,
-            "stopping_criteria": StoppingCriteriaList([_AllCancelled(owners)]),
         }
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        if settings.stop:
-            kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
         if bad_words:
             kwargs["bad_words_ids"] = bad_words
-        if any(minimums):
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [_RowMinNewTokens(prompt_length, minimums, eos_ids)]
-            )
-        if self.prompt_lookup and len(chunk) == 1 and not settings.do_sample:
-            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_tokens
 
         seeded = settings.do_sample and settings.seed is not None
         cuda = [device.index or 0] if device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=cuda, enabled=seeded):
             if seeded:
                 torch.manual_seed(settings.seed)
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            if len(chunk) == 1:
+                rows, segments, row_steps = self._generate_one(
+                    input_ids, attention_mask, settings, owners, minimums, eos_ids, kwargs
+                )
+            else:
+                rows, segments, row_steps = self._generate_segments(
+                    input_ids,
+                    attention_mask,
+                    settings,
+                    [request for request, _ in chunk],
+                    minimums,
+                    eos_ids,
+                    stop_strings,
+                    kwargs,
+                )
 
         with self._stats_lock:
             self._stats["batches"] += 1
             self._stats["rows"] += len(chunk)
             self._stats["requests"] += len(owners)
             self._stats["max_batch_rows"] = max(self._stats["max_batch_rows"], len(chunk))
-        new_tokens = output[:, prompt_length:].tolist()
+            self._stats["segments"] += segments
+            self._stats["row_steps"] += row_steps
         with self._tokenizer_lock:
             return [
                 self._to_generation(ids, len(prompt_ids), settings, eos_ids)
-                for ids, prompt_ids in zip(new_tokens, encoded, strict=True)
+                for ids, prompt_ids in zip(rows, encoded, strict=True)
             ]
+
+    def _generate_one(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        settings: GenerationSettings,
+        owners: list[_Request],
+        minimums: list[int],
+        eos_ids: tuple[int, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[list[list[int]], int, int]:
+        """One row in one ``model.generate`` (prompt lookup applies to greedy calls)."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        kwargs = dict(kwargs, max_new_tokens=settings.max_new_tokens)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_AllCancelled(owners)])
+        if settings.stop:
+            kwargs.update(stop_strings=list(settings.stop), tokenizer=self._tokenizer)
+        if any(minimums):
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [_RowMinNewTokens(input_ids.shape[1], minimums, eos_ids)]
+            )
+        if self.prompt_lookup and not settings.do_sample:
+            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_tokens
+        output = self._model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
+        return new_tokens, 1, len(new_tokens[0])
+
+    def _generate_segments(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        settings: GenerationSettings,
+        row_owners: list[_Request],
+        minimums: list[int],
+        eos_ids: tuple[int, ...],
+        stop_strings: Any,
+        kwargs: dict[str, Any],
+    ) -> tuple[list[list[int]], int, int]:
+        """Generate ``segment_tokens`` at a time; finished rows leave, the rest keep the cache."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        prompt_length = input_ids.shape[1]
+        results: list[list[int]] = [[] for _ in row_owners]
+        active = list(range(len(row_owners)))
+        ids, mask, cache = input_ids, attention_mask, None
+        segments = row_steps = 0
+        while True:
+            generated = ids.shape[1] - prompt_length
+            steps = min(self.segment_tokens, settings.max_new_tokens - generated)
+            tracker = _RowTracker([row_owners[row] for row in active], eos_ids, stop_strings)
+            segment_kwargs = dict(
+                kwargs,
+                max_new_tokens=steps,
+                stopping_criteria=StoppingCriteriaList([tracker]),
+                return_dict_in_generate=True,
+            )
+            row_minimums = [minimums[row] for row in active]
+            if any(minimum > generated for minimum in row_minimums):
+                segment_kwargs["logits_processor"] = LogitsProcessorList(
+                    [_RowMinNewTokens(prompt_length, row_minimums, eos_ids)]
+                )
+            output = self._model.generate(
+                input_ids=ids, attention_mask=mask, past_key_values=cache, **segment_kwargs
+            )
+            sequences, cache = output.sequences, output.past_key_values
+            added = sequences.shape[1] - ids.shape[1]
+            segments += 1
+            row_steps += len(active) * added
+            out_of_room = sequences.shape[1] - prompt_length >= settings.max_new_tokens
+            done = tracker.done.tolist() if tracker.done is not None else [False] * len(active)
+            keep = []
+            for position, row in enumerate(active):
+                if done[position] or out_of_room or added < steps:
+                    results[row] = sequences[position, prompt_length:].tolist()
+                else:
+                    keep.append(position)
+            if not keep:
+                return results, segments, row_steps
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=sequences.device)
+                sequences, mask = sequences[index], mask[index]
+                cache.batch_select_indices(index)
+            mask = torch.cat([mask, mask.new_ones((len(keep), added))], dim=1)
+            ids = sequences
+            active = [active[position] for position in keep]
 
     def _encode(self, text: str) -> list[int]:
         bos = self._tokenizer.bos_token
@@ -694,6 +806,31 @@ class _RowMinNewTokens:
             for row in rows:
                 scores[row, self.eos_ids] = float("-inf")
         return scores
+
+
+class _RowTracker:
+    """Record which rows of a segment finished (eos, a stop string, their caller gave up)."""
+
+    def __init__(
+        self, row_owners: list[_Request], eos_ids: tuple[int, ...], stop_strings: Any
+    ) -> None:
+        self.row_owners = row_owners
+        self.eos_ids = list(eos_ids)
+        self.stop_strings = stop_strings
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        import torch
+
+        device = input_ids.device
+        finished = torch.tensor([r.cancelled for r in self.row_owners], device=device)
+        if self.eos_ids:
+            eos = torch.tensor(self.eos_ids, device=device)
+            finished = finished | torch.isin(input_ids[:, -1], eos)
+        if self.stop_strings is not None:
+            finished = finished | self.stop_strings(input_ids, scores)
+        self.done = finished if self.done is None else self.done | finished
+        return finished
 
 
 class _AllCancelled:
