@@ -106,8 +106,8 @@ def run(
         )
     ]
     section.notes.append(
-        "A sampled batch runs until its longest row stops; rows that finish early wait as padding, "
-        "so the ratio in prompts/s is the one a caller sees."
+        "Rows that finish leave the batch every `segment_tokens` new tokens (see `LocalBackend`); "
+        "the ratio in prompts/s is the one a caller sees."
     )
     return section
 
