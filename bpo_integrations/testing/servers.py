@@ -248,10 +248,12 @@ class ScriptedServer:
         with self._lock:
             if add:
                 self._connections.add(conn)
+                # A thread stays listed until it has ended (it still runs after finish()), so
+                # that stop() can join it; ended ones are dropped here.
+                self._handlers = {t for t in self._handlers if t.is_alive()}
                 self._handlers.add(threading.current_thread())
             else:
                 self._connections.discard(conn)
-                self._handlers.discard(threading.current_thread())
 
     def _complete(
         self,
