@@ -249,7 +249,7 @@ def test_circuit_opens_after_consecutive_failures_then_probes() -> None:
     assert backend.attempts == 2 and breaker.state == "open"
     started = time.perf_counter()
     optimizer.optimize("skipped")
-    assert time.perf_counter() - started < 0.01  # no added latency while open
+    assert time.perf_counter() - started < 0.05  # no backend call while open: no added latency
     time.sleep(0.25)
     assert breaker.state == "half_open"
     assert optimizer.optimize("probe").fallback_reason == "backend_error: down"
