@@ -14,6 +14,7 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,9 @@ class LocalBackend(Backend):
         segment_tokens: a batch of several rows generates this many new tokens at a time; after
             each segment the rows that finished (eos, a stop string, a caller that gave up)
             leave the batch and the rest continue from the KV cache, so a batch costs what its
-            running rows cost rather than running every row to the longest one.
+            running rows cost rather than running every row to the longest one. Between
+            segments, waiting calls with the same settings join the running batch (up to
+            ``max_batch_size`` rows): their prompts are prefilled and merged into the cache.
         template: how a user prompt becomes the model's input. ``"bpo"``: the raw BPO template
             ``[INST] ... [/INST]`` (what ``THUDM/BPO`` was trained on); ``"chat"``: the
             tokenizer's chat template around :func:`~bpo_integrations.template.format_bpo_message`;
@@ -172,6 +175,9 @@ class LocalBackend(Backend):
         self._device: torch.device | None = None
         self._template_kind: Literal["bpo", "chat"] | None = None
         self._bad_words_cache: dict[tuple[str, ...], list[list[int]]] = {}
+        # worker-thread only: its inbox, and requests it took out early but could not run yet
+        self._inbox: queue.Queue[_Request | None] = self._queue
+        self._pending: deque[_Request | None] = deque()
         self._stats = {
             "batches": 0,
             "rows": 0,
@@ -179,6 +185,7 @@ class LocalBackend(Backend):
             "max_batch_rows": 0,
             "segments": 0,
             "row_steps": 0,
+            "joined_rows": 0,
         }
         self.resolved_model: str | None = None
         self.resolved_adapter: str | None = None
@@ -421,8 +428,9 @@ class LocalBackend(Backend):
     @property
     def stats(self) -> dict[str, int]:
         """Counters: ``batches`` (batches of rows run together), ``rows``, ``requests``,
-        ``max_batch_rows``, ``segments`` (``model.generate`` calls) and ``row_steps`` (rows
-        times decoding steps actually run: finished rows leave the batch and stop counting)."""
+        ``max_batch_rows``, ``segments`` (``model.generate`` calls), ``row_steps`` (rows
+        times decoding steps actually run: finished rows leave the batch and stop counting) and
+        ``joined_rows`` (rows that joined a batch already running)."""
         with self._stats_lock:
             return dict(self._stats)
 
@@ -513,9 +521,10 @@ class LocalBackend(Backend):
     # -- the worker thread ----------------------------------------------------------------------
 
     def _work(self, inbox: queue.Queue[_Request | None]) -> None:
+        self._inbox, self._pending = inbox, deque()
         running = True
         while running:
-            first = inbox.get()
+            first = self._pending.popleft() if self._pending else inbox.get()
             if first is None:
                 break
             batch = [first]
@@ -524,7 +533,10 @@ class LocalBackend(Backend):
             while rows < self.max_batch_size:
                 left = deadline - time.monotonic()
                 try:
-                    item = inbox.get(timeout=left) if left > 0 else inbox.get_nowait()
+                    if self._pending:
+                        item = self._pending.popleft()
+                    else:
+                        item = inbox.get(timeout=left) if left > 0 else inbox.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -535,7 +547,7 @@ class LocalBackend(Backend):
             self._run_batch(batch)
         while True:
             try:
-                leftover = inbox.get_nowait()
+                leftover = self._pending.popleft() if self._pending else inbox.get_nowait()
             except queue.Empty:
                 break
             if leftover is not None and not leftover.future.done():
@@ -624,7 +636,9 @@ class LocalBackend(Backend):
                     input_ids,
                     attention_mask,
                     settings,
-                    [request for request, _ in chunk],
+                    chunk,
+                    owners,
+                    encoded,
                     minimums,
                     eos_ids,
                     stop_strings,
@@ -676,49 +690,57 @@ class LocalBackend(Backend):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         settings: GenerationSettings,
-        row_owners: list[_Request],
+        chunk: list[tuple[_Request, int]],
+        owners: list[_Request],
+        encoded: list[list[int]],
         minimums: list[int],
         eos_ids: tuple[int, ...],
         stop_strings: Any,
         kwargs: dict[str, Any],
     ) -> tuple[list[list[int]], int, int]:
-        """Generate ``segment_tokens`` at a time; finished rows leave, the rest keep the cache."""
+        """Generate ``segment_tokens`` at a time; finished rows leave, the rest keep the cache.
+
+        Between segments, waiting requests with the same key join: their rows are appended to
+        ``chunk``, ``owners``, ``encoded`` and ``minimums`` (the caller reads them back).
+        """
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        prompt_length = input_ids.shape[1]
-        results: list[list[int]] = [[] for _ in row_owners]
-        active = list(range(len(row_owners)))
+        key = chunk[0][0].key
+        results: list[list[int]] = [[] for _ in chunk]
+        generated = [0] * len(chunk)
+        active = list(range(len(chunk)))
         ids, mask, cache = input_ids, attention_mask, None
         segments = row_steps = 0
         while True:
-            generated = ids.shape[1] - prompt_length
-            steps = min(self.segment_tokens, settings.max_new_tokens - generated)
-            tracker = _RowTracker([row_owners[row] for row in active], eos_ids, stop_strings)
+            width = ids.shape[1]
+            room = min(settings.max_new_tokens - generated[row] for row in active)
+            steps = min(self.segment_tokens, room)
+            tracker = _RowTracker([chunk[row][0] for row in active], eos_ids, stop_strings)
             segment_kwargs = dict(
                 kwargs,
                 max_new_tokens=steps,
                 stopping_criteria=StoppingCriteriaList([tracker]),
                 return_dict_in_generate=True,
             )
-            row_minimums = [minimums[row] for row in active]
-            if any(minimum > generated for minimum in row_minimums):
+            row_minimums = [max(0, minimums[row] - generated[row]) for row in active]
+            if any(row_minimums):
                 segment_kwargs["logits_processor"] = LogitsProcessorList(
-                    [_RowMinNewTokens(prompt_length, row_minimums, eos_ids)]
+                    [_RowMinNewTokens(width, row_minimums, eos_ids)]
                 )
             output = self._model.generate(
                 input_ids=ids, attention_mask=mask, past_key_values=cache, **segment_kwargs
             )
             sequences, cache = output.sequences, output.past_key_values
-            added = sequences.shape[1] - ids.shape[1]
+            added = sequences.shape[1] - width
             segments += 1
             row_steps += len(active) * added
-            out_of_room = sequences.shape[1] - prompt_length >= settings.max_new_tokens
             done = tracker.done.tolist() if tracker.done is not None else [False] * len(active)
             keep = []
             for position, row in enumerate(active):
-                if done[position] or out_of_room or added < steps:
-                    results[row] = sequences[position, prompt_length:].tolist()
+                generated[row] += added
+                if done[position] or generated[row] >= settings.max_new_tokens or added < steps:
+                    results[row] = sequences[position, -generated[row] :].tolist()
                 else:
                     keep.append(position)
             if not keep:
@@ -730,6 +752,84 @@ class LocalBackend(Backend):
             mask = torch.cat([mask, mask.new_ones((len(keep), added))], dim=1)
             ids = sequences
             active = [active[position] for position in keep]
+
+            joiners = self._take_joiners(key, self.max_batch_size - len(active), cache)
+            if joiners:
+                new_rows = [(request, i) for request in joiners for i in range(len(request.texts))]
+                with self._tokenizer_lock:
+                    new_encoded = [self._encode(request.texts[i]) for request, i in new_rows]
+                    new_minimums = [
+                        self._min_new_tokens(request, i, row_ids)
+                        for (request, i), row_ids in zip(new_rows, new_encoded, strict=True)
+                    ]
+                ids, mask = self._merge_rows(ids, mask, cache, new_encoded)
+                active += range(len(chunk), len(chunk) + len(new_rows))
+                chunk += new_rows
+                owners += joiners
+                encoded += new_encoded
+                minimums += new_minimums
+                results += [[] for _ in new_rows]
+                generated += [0] * len(new_rows)
+                with self._stats_lock:
+                    self._stats["joined_rows"] += len(new_rows)
+
+    def _take_joiners(self, key: Hashable, room: int, cache: Any) -> list[_Request]:
+        """Waiting requests with ``key`` that fit in ``room`` rows; others wait in order."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        mergeable = type(cache) is DynamicCache and all(
+            type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers
+        )
+        if room < 1 or not mergeable:
+            return []
+        joiners: list[_Request] = []
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return joiners
+            if item is None or item.key != key or len(item.texts) > room:
+                self._pending.append(item)
+                if item is None:
+                    return joiners
+                continue
+            if item.cancelled or not item.future.set_running_or_notify_cancel():
+                continue
+            joiners.append(item)
+            room -= len(item.texts)
+
+    def _merge_rows(
+        self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, new_encoded: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill the new rows and append them to the batch, all left-padded to one width.
+
+        The running cache holds every position but the last of ``ids``; so will the new rows'.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        pad = self._tokenizer.pad_token_id
+        width = max(ids.shape[1], max(len(row) for row in new_encoded))
+        new_ids = ids.new_full((len(new_encoded), width), pad)
+        new_mask = mask.new_zeros((len(new_encoded), width))
+        for row, row_ids in enumerate(new_encoded):
+            new_ids[row, width - len(row_ids) :] = torch.tensor(row_ids, device=ids.device)
+            new_mask[row, width - len(row_ids) :] = 1
+        positions = (new_mask.cumsum(-1) - 1).clamp(min=0)
+        prefill = self._model(
+            input_ids=new_ids[:, :-1],
+            attention_mask=new_mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+        ).past_key_values
+        shift = width - ids.shape[1]
+        for layer, fresh in zip(cache.layers, prefill.layers, strict=True):
+            layer.keys = torch.cat([F.pad(layer.keys, (0, 0, shift, 0)), fresh.keys], dim=0)
+            layer.values = torch.cat([F.pad(layer.values, (0, 0, shift, 0)), fresh.values], dim=0)
+        ids = torch.cat([F.pad(ids, (shift, 0), value=pad), new_ids], dim=0)
+        mask = torch.cat([F.pad(mask, (shift, 0), value=0), new_mask], dim=0)
+        return ids, mask
 
     def _encode(self, text: str) -> list[int]:
         bos = self._tokenizer.bos_token

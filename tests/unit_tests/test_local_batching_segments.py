@@ -115,6 +115,33 @@ def test_per_row_minimum_length_holds_across_segments(backend: LocalBackend) -> 
         assert minimum <= generation.generated_tokens <= settings.max_new_tokens
 
 
+def test_a_request_that_arrives_mid_batch_joins_it(backend: LocalBackend) -> None:
+    settings = _greedy(11)
+    running = [PROMPTS[0], PROMPTS[3]]
+    # one joiner wider than the running rows (their cache is re-padded), one narrower
+    joining = [PROMPTS[1] + " Also compare it with the colour of sunsets on Mars.", "Hi"]
+    late: list = []
+
+    def submit_during_first_segment(module: object, args: object) -> None:
+        if not late:  # runs on the worker thread, inside the running batch's first segment
+            late.append(backend._submit_prompts(joining, settings))
+
+    hook = backend.model.register_forward_pre_hook(submit_during_first_segment)
+    try:
+        before = backend.stats
+        first = backend.generate(running, settings)
+        joined = late[0].future.result(timeout=60)
+        after = backend.stats
+    finally:
+        hook.remove()
+
+    assert after["batches"] - before["batches"] == 1  # the late call ran inside the first batch
+    assert after["joined_rows"] - before["joined_rows"] == len(joining)
+    for prompt, generation in zip(running + joining, first + joined, strict=True):
+        assert generation.extra["token_ids"] == unbatched_greedy(backend, prompt, 11)
+        assert generation.finish_reason == "length" and generation.generated_tokens == 11
+
+
 def test_segment_tokens_must_be_positive(tiny_llama_dir: Path) -> None:
     with pytest.raises(ValueError, match="segment_tokens must be >= 1"):
         LocalBackend(tiny_llama_dir, segment_tokens=0)
