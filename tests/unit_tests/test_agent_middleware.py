@@ -22,31 +22,17 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import Field
 
-from bpo_integrations import BPOOptimizer, Generation, GenerationSettings
-from bpo_integrations.backends import Backend, CallableBackend
+from bpo_integrations import BPOOptimizer
+from bpo_integrations.backends import CallableBackend
 from bpo_integrations.errors import BackendUnavailableError
 from bpo_integrations.langchain import OPTIMIZATION_EVENT, BPOMiddleware
 from bpo_integrations.langchain import middleware as middleware_module
+from bpo_integrations.testing.backends import RecordingBackend
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = " Give the temperature in Celsius."
 FIRST = "What's the weather in Paris?"
 SECOND = "And in Rome?"
-
-
-class RecordingBackend(Backend):
-    """A real backend that rewrites by appending a sentence and keeps every prompt it served."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-
-    def generate(
-        self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
-    ) -> list[Generation]:
-        self.prompts.extend(prompts)
-        return [Generation(text=p + SUFFIX, finish_reason="eos_token") for p in prompts]
 
 
 class ToolCallingFakeModel(GenericFakeChatModel):
@@ -106,7 +92,7 @@ class EventCollector(BaseCallbackHandler):
 
 @pytest.fixture
 def backend() -> RecordingBackend:
-    return RecordingBackend()
+    return RecordingBackend(SUFFIX)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,17 @@ from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 from pydantic import Field
 from typer.testing import CliRunner
 
-from bpo_integrations import BPOOptimizer, Generation, GenerationSettings
-from bpo_integrations.backends import Backend
+from bpo_integrations import BPOOptimizer
 from bpo_integrations.cli import app
 from bpo_integrations.jsonl import JsonlError, read_jsonl
 from bpo_integrations.langchain import BPORunnable
+from bpo_integrations.testing.backends import RecordingBackend
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = " Explain step by step."
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 DEAD_TGI = ["--backend", "tgi", "--endpoint", "http://127.0.0.1:9"]  # never called in these tests
 runner = CliRunner()
-
-
-class RecordingBackend(Backend):
-    """Appends a sentence; records every prompt it is asked to rewrite."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-
-    def generate(
-        self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
-    ) -> list[Generation]:
-        self.prompts.extend(prompts)
-        return [Generation(p + SUFFIX, "eos_token") for p in prompts]
 
 
 class RecordingFakeChatModel(FakeListChatModel):
@@ -60,7 +44,7 @@ class RecordingFakeChatModel(FakeListChatModel):
 
 @pytest.fixture
 def backend() -> RecordingBackend:
-    return RecordingBackend()
+    return RecordingBackend(SUFFIX)
 
 
 @pytest.fixture

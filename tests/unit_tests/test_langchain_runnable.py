@@ -6,7 +6,6 @@ import doctest
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,32 +21,15 @@ from langchain_core.runnables import ConfigurableField
 from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 from pydantic import Field, ValidationError
 
-from bpo_integrations import BPOOptimizer, Generation, GenerationSettings
-from bpo_integrations.backends import Backend, CallableBackend
+from bpo_integrations import BPOOptimizer
+from bpo_integrations.backends import CallableBackend
 from bpo_integrations.errors import BackendUnavailableError
 from bpo_integrations.langchain import OPTIMIZATION_EVENT, BPORunnable, RunnableBPO
 from bpo_integrations.langchain import runnable as runnable_module
+from bpo_integrations.testing.backends import RecordingBackend
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = " Explain step by step."
-
-
-class RecordingBackend(Backend):
-    """A real backend that rewrites by appending a sentence and keeps every call it served."""
-
-    name = "recording"
-    max_batch_size = 16
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.modes: list[str] = []
-
-    def generate(
-        self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
-    ) -> list[Generation]:
-        self.calls.append(list(prompts))
-        self.modes.append(settings.mode)
-        return [Generation(text=p + SUFFIX, finish_reason="eos_token") for p in prompts]
 
 
 class RecordingChatModel(BaseChatModel):
@@ -97,7 +79,7 @@ class EventCollector(BaseCallbackHandler):
 
 @pytest.fixture
 def backend() -> RecordingBackend:
-    return RecordingBackend()
+    return RecordingBackend(SUFFIX, max_batch_size=16)
 
 
 @pytest.fixture
