@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -23,6 +23,16 @@ def map_in_threads(fn: Callable[[T], R], items: Sequence[T], max_workers: int) -
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+def raise_mapped(
+    map_error: Callable[[BaseException, float], BaseException], error: Exception, started: float
+) -> NoReturn:
+    """Raise ``map_error(error, seconds since started)``: the client's error in our vocabulary."""
+    mapped = map_error(error, time.perf_counter() - started)
+    if mapped is error:
+        raise error
+    raise mapped from error
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -15,9 +15,14 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-from bpo_integrations.backends._http import PerLoopClients, map_in_threads, parse_retry_after
+from bpo_integrations.backends._http import (
+    PerLoopClients,
+    map_in_threads,
+    parse_retry_after,
+    raise_mapped,
+)
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import (
     BackendError,
@@ -162,7 +167,7 @@ class _ChatBackend(Backend):
                     **self._create_kwargs(prompt, settings, timeout)
                 )
             except Exception as error:
-                self._raise_mapped(error, started)
+                raise_mapped(self._map_error, error, started)
             return self._to_generation(completion)
 
         return map_in_threads(one, prompts, self.max_concurrency)
@@ -181,7 +186,7 @@ class _ChatBackend(Backend):
                         **self._create_kwargs(prompt, settings, timeout)
                     )
                 except Exception as error:
-                    self._raise_mapped(error, started)
+                    raise_mapped(self._map_error, error, started)
             return self._to_generation(completion)
 
         return list(await asyncio.gather(*(one(p) for p in prompts)))
@@ -216,12 +221,6 @@ class _ChatBackend(Backend):
             client.close()
 
     # -- errors -----------------------------------------------------------------------------
-
-    def _raise_mapped(self, error: Exception, started: float) -> NoReturn:
-        mapped = self._map_error(error, time.perf_counter() - started)
-        if mapped is error:
-            raise error
-        raise mapped from error
 
     def _map_error(self, error: BaseException, elapsed: float) -> BaseException:
         where = self._where

@@ -6,10 +6,15 @@ import asyncio
 import json
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlparse
 
-from bpo_integrations.backends._http import PerLoopClients, map_in_threads, parse_retry_after
+from bpo_integrations.backends._http import (
+    PerLoopClients,
+    map_in_threads,
+    parse_retry_after,
+    raise_mapped,
+)
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import (
     BackendError,
@@ -158,7 +163,7 @@ class TGIBackend(Backend):
             try:
                 output = client.text_generation(format_bpo_prompt(prompt), **kwargs)
             except Exception as error:
-                self._raise_mapped(error, started)
+                raise_mapped(self._map_error, error, started)
             return self._to_generation(output)
 
         return map_in_threads(one, prompts, self.max_concurrency)
@@ -177,7 +182,7 @@ class TGIBackend(Backend):
                 try:
                     output = await client.text_generation(format_bpo_prompt(prompt), **kwargs)
                 except Exception as error:
-                    self._raise_mapped(error, started)
+                    raise_mapped(self._map_error, error, started)
             return self._to_generation(output)
 
         try:
@@ -211,12 +216,6 @@ class TGIBackend(Backend):
         )
 
     # -- errors -----------------------------------------------------------------------------
-
-    def _raise_mapped(self, error: Exception, started: float) -> NoReturn:
-        mapped = self._map_error(error, time.perf_counter() - started)
-        if mapped is error:
-            raise error
-        raise mapped from error
 
     def _map_error(self, error: BaseException, elapsed: float) -> BaseException:
         url = self.endpoint
