@@ -4,15 +4,19 @@ A thread with no running event loop runs the coroutine on an event loop of its o
 thread's next calls: no hop to another thread, which costs a scheduler wake-up (tens to hundreds of
 microseconds on a busy machine) on every call. A thread that already runs a loop (a sync call from
 async code, a notebook) hands the coroutine to one background loop thread per process and waits.
+
+On the thread's own loop nothing but the sync call runs, and its caller waits for it anyway, so
+blocking work may run inline there instead of in a worker thread: :func:`may_block` says when.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
-from collections.abc import Coroutine
-from contextlib import suppress
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,6 +25,7 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
 _local = threading.local()
+_shared: contextvars.ContextVar[bool] = contextvars.ContextVar("bpo_loop_shared", default=False)
 
 
 def _background_loop() -> asyncio.AbstractEventLoop:
@@ -45,6 +50,33 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def may_block() -> bool:
+    """Whether the running coroutine may block its event loop with a synchronous call.
+
+    True only on the sync API's own loop of this thread (see :func:`run_sync`), outside
+    :func:`concurrent` sections: there no other task waits for the loop, and the caller waits
+    for the result anyway. On any other loop (the caller's own, the background loop) blocking
+    calls belong in a worker thread.
+    """
+    loop = getattr(_local, "loop", None)
+    if loop is None or _shared.get():
+        return False
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+@contextmanager
+def concurrent() -> Iterator[None]:
+    """Mark the tasks started inside as running side by side: none of them may block the loop."""
+    token = _shared.set(True)
+    try:
+        yield
+    finally:
+        _shared.reset(token)
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion and return its result, from synchronous code."""
     if threading.current_thread().name == "bpo-integrations-loop":
@@ -59,11 +91,22 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     else:
         return asyncio.run_coroutine_threadsafe(coro, _background_loop()).result()
     loop = _thread_loop()
-    task = loop.create_task(coro)
+    task = loop.create_task(_stopping(coro, loop))
     try:
-        return loop.run_until_complete(task)
+        loop.run_forever()
     finally:
         if not task.done():  # interrupted (Ctrl-C): do not leave the task for the next call
             task.cancel()
             with suppress(BaseException):  # its CancelledError
                 loop.run_until_complete(task)
+        elif not task.cancelled():
+            task.exception()  # seen: a Ctrl-C inside the task is already on its way up
+    return task.result()
+
+
+async def _stopping(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
+    """``coro``, then stop ``loop``: one turn of the loop less than ``run_until_complete``."""
+    try:
+        return await coro
+    finally:
+        loop.stop()

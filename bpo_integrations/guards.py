@@ -44,6 +44,8 @@ def protected_spans(text: str) -> list[tuple[str, str]]:
     remaining = text
     for kind, pattern in PROTECTED_PATTERNS.items():
         found = [m.group(0) for m in pattern.finditer(remaining)]
+        if not found:
+            continue
         if kind == "url":
             found = [s.rstrip(".,;:!?") for s in found]
         if kind == "quoted" or kind == "single_quoted":
@@ -63,14 +65,23 @@ def missing_protected(original: str, rewritten: str) -> list[tuple[str, str]]:
     """The protected spans of ``original`` that ``rewritten`` does not contain verbatim.
 
     Code blocks are compared with whitespace runs collapsed; quoted strings may change quote style.
+
+    Example:
+        >>> missing_protected("Give 3 tips", "Give three tips")
+        [('number', '3')]
     """
+    if original in rewritten:  # every span is a piece of the original: all are kept
+        return []
     missing = []
-    collapsed = _normalize_code(rewritten)
+    collapsed: str | None = None
     for kind, span in protected_spans(original):
         if span in rewritten:
             continue
-        if kind == "fenced_code" and _normalize_code(span) in collapsed:
-            continue
+        if kind == "fenced_code":
+            if collapsed is None:
+                collapsed = _normalize_code(rewritten)
+            if _normalize_code(span) in collapsed:
+                continue
         if kind in ("quoted", "single_quoted") and span[1:-1] in rewritten:
             continue
         if kind == "url" and span.rstrip(".,;:!?") in rewritten:

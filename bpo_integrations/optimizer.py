@@ -8,7 +8,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bpo_integrations._loop import run_sync
+from bpo_integrations._loop import concurrent, run_sync
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.cache import LRUCache
 from bpo_integrations.circuit import CircuitBreaker
@@ -26,6 +26,8 @@ from bpo_integrations.settings import Generation, GenerationSettings, Mode
 
 OnError = Literal["fallback", "raise"]
 
+_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+: no extra task, unlike wait_for
+
 
 @dataclass
 class _Item:
@@ -33,6 +35,7 @@ class _Item:
     context: str | None
     current: str
     rounds: list[str]
+    key: Hashable | None = None
     error: BaseException | None = None
     done: bool = False
 
@@ -50,6 +53,8 @@ class BPOOptimizer:
         settings: full generation settings; overrides ``mode``.
         iterations: rounds of re-optimization (the paper found about four rounds best).
         timeout: latency budget in seconds for one prompt, retries included; ``None``: no limit.
+            A rewrite that arrives after it is discarded (``timeout`` fallback), also from a
+            backend the budget cannot interrupt (a sync ``CallableBackend`` function run inline).
         on_error: ``"fallback"`` returns the original prompt, ``"raise"`` raises.
         max_retries: retries of transient errors (429, 503, connection resets) within the budget.
         guards: acceptance rules for a rewrite.
@@ -218,7 +223,8 @@ class BPOOptimizer:
                 reason = f"input_too_long: {len(prompt)} characters, limit {self.max_input_chars}"
                 slots.append(self._passthrough(prompt, context, reason, started))
             else:
-                hit = self.cache.get(self._cache_key(prompt, settings, rounds))
+                key = self._cache_key(prompt, settings, rounds) if self.cache.maxsize else None
+                hit = None if key is None else self.cache.get(key)
                 if hit is None and not self.circuit.allow():
                     slots.append(self._passthrough(prompt, context, "circuit_open", started))
                 elif hit is not None:
@@ -235,7 +241,9 @@ class BPOOptimizer:
                         )
                     )
                 else:
-                    slots.append(_Item(prompt=prompt, context=context, current=prompt, rounds=[]))
+                    slots.append(
+                        _Item(prompt=prompt, context=context, current=prompt, rounds=[], key=key)
+                    )
         return slots, settings, rounds, started
 
     def _passthrough(
@@ -279,13 +287,9 @@ class BPOOptimizer:
                     async with semaphore:
                         await self._optimize_group(group, settings, iterations, deadline)
 
-                await asyncio.gather(*(run_group(g) for g in groups))
-        return [
-            s
-            if isinstance(s, OptimizationResult)
-            else self._finish(s, settings, iterations, started)
-            for s in slots
-        ]
+                with concurrent():  # the groups share the loop: none may block it
+                    await asyncio.gather(*(run_group(g) for g in groups))
+        return [s if isinstance(s, OptimizationResult) else self._finish(s, started) for s in slots]
 
     async def _optimize_group(
         self,
@@ -355,7 +359,7 @@ class BPOOptimizer:
         try:
             if left is None:
                 generations = await call
-            elif hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task, unlike wait_for
+            elif _HAS_TIMEOUT:
                 async with asyncio.timeout(left):
                     generations = await call
             else:
@@ -364,6 +368,11 @@ class BPOOptimizer:
             raise OptimizationTimeoutError(
                 f"no answer from the {self.backend.name} backend within {self.timeout}s"
             ) from error
+        if deadline is not None and time.perf_counter() > deadline:
+            # A backend that blocked the loop (a sync function run inline) could not be cut off.
+            raise OptimizationTimeoutError(
+                f"the {self.backend.name} backend answered after the {self.timeout}s budget"
+            )
         if len(generations) != len(prompts):
             raise BackendError(
                 f"{self.backend.name} returned {len(generations)} rewrites "
@@ -371,9 +380,7 @@ class BPOOptimizer:
             )
         return generations
 
-    def _finish(
-        self, item: _Item, settings: GenerationSettings, iterations: int, started: float
-    ) -> OptimizationResult:
+    def _finish(self, item: _Item, started: float) -> OptimizationResult:
         latency = time.perf_counter() - started
         if item.error is not None or not item.rounds:
             error = item.error or GuardError("empty_output")
@@ -397,7 +404,8 @@ class BPOOptimizer:
             context=item.context,
             rounds=tuple(item.rounds),
         )
-        self.cache.put(self._cache_key(item.prompt, settings, iterations), result)
+        if item.key is not None:
+            self.cache.put(item.key, result)
         return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 
+from bpo_integrations._loop import may_block
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.settings import Generation, GenerationSettings
 
@@ -13,6 +14,13 @@ RewriteFn = Callable[[str], "str | Awaitable[str]"]
 
 class CallableBackend(Backend):
     """A backend that calls ``fn(prompt) -> rewrite`` (sync or async) for each prompt.
+
+    A sync ``fn`` called through the optimizer's sync API (``optimize``, ``optimize_batch``,
+    LangChain's ``invoke``) runs inline, in the caller's thread: no hop to a worker thread. The
+    latency budget (``BPOOptimizer(timeout=...)``) cannot interrupt it there; a rewrite that
+    comes after the budget is discarded and the prompt falls back with a ``timeout`` reason.
+    Through the async API (``aoptimize``, ``ainvoke``), and for the prompt groups of a batch that
+    run side by side, a sync ``fn`` runs in a worker thread so that it never blocks an event loop.
 
     Example:
         >>> from bpo_integrations import BPOOptimizer
@@ -39,6 +47,8 @@ class CallableBackend(Backend):
         self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
     ) -> list[Generation]:
         if not self._is_async:
+            if may_block():
+                return self.generate(prompts, settings, timeout=timeout)
             return await super().agenerate(prompts, settings, timeout=timeout)
         return [Generation(text=str(await self.fn(p)), finish_reason="eos_token") for p in prompts]  # type: ignore[misc]
 

@@ -89,3 +89,11 @@ def human_indices(messages: Sequence[BaseMessage]) -> list[int]:
         for index, message in enumerate(messages)
         if is_human(message) and message_text(message) is not None
     ]
+
+
+def last_human_index(messages: Sequence[BaseMessage]) -> int | None:
+    """Position of the newest user turn, with or without text (``None``: no user turn)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if is_human(messages[index]):
+            return index
+    return None

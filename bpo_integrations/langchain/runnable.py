@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -20,7 +21,7 @@ from bpo_integrations.langchain._messages import (
     as_message,
     element_with_text,
     human_indices,
-    is_human,
+    last_human_index,
     message_text,
 )
 from bpo_integrations.optimizer import BPOOptimizer
@@ -40,10 +41,20 @@ OPTIMIZATION_RUN_NAME = "bpo_optimize"
 
 Target = Literal["last_human", "all_human"]
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _ACCEPTED = (
     "str, StringPromptValue, ChatPromptValue, a list of messages, or a dict holding the prompt "
     "under input_key"
 )
+
+
+def _presigned(function: F) -> F:
+    """Store ``function``'s signature on it: LangChain inspects the function it runs on every call
+    (does it take a ``config``, a ``run_manager``?), and a stored signature is read, not rebuilt.
+    """
+    function.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
+    return function
 
 
 @dataclass(frozen=True)
@@ -125,12 +136,12 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
     # -- public API ---------------------------------------------------------------------------
 
     def invoke(self, input: BPOInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._call_with_config(self._invoke, input, config)
+        return self._call_with_config(_invoke, input, config, step=self)
 
     async def ainvoke(
         self, input: BPOInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Any:
-        return await self._acall_with_config(self._ainvoke, input, config)
+        return await self._acall_with_config(_ainvoke, input, config, step=self)
 
     def batch(
         self,
@@ -160,12 +171,7 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
 
     # -- sync and async twins -----------------------------------------------------------------
 
-    def _invoke(self, input_: BPOInput, run_manager: CallbackManagerForChainRun) -> Any:
-        return _raise_or_return(self._batch([input_], [run_manager])[0])
-
-    async def _ainvoke(self, input_: BPOInput, run_manager: AsyncCallbackManagerForChainRun) -> Any:
-        return _raise_or_return((await self._abatch([input_], [run_manager]))[0])
-
+    @_presigned
     def _batch(
         self, inputs: list[BPOInput], run_manager: list[CallbackManagerForChainRun]
     ) -> list[Any]:
@@ -175,10 +181,12 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
         owners, prompts, contexts = _flatten(plans)
         # No handler listens (no tracer, no callbacks): skip the child runs, a third of the cost.
         spans = [
-            run_manager[i].get_child().on_chain_start(None, request, name=OPTIMIZATION_RUN_NAME)
+            run_manager[i]
+            .get_child()
+            .on_chain_start(None, {"prompt": p, "context": c}, name=OPTIMIZATION_RUN_NAME)
             if run_manager[i].inheritable_handlers
             else None
-            for i, request in zip(owners, _span_inputs(prompts, contexts), strict=True)
+            for i, p, c in zip(owners, prompts, contexts, strict=True)
         ]
         try:
             results = (
@@ -202,6 +210,7 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             parent.get_child().on_custom_event(OPTIMIZATION_EVENT, record, run_id=parent.run_id)
         return _rebuild(plans, results)
 
+    @_presigned
     async def _abatch(
         self, inputs: list[BPOInput], run_manager: list[AsyncCallbackManagerForChainRun]
     ) -> list[Any]:
@@ -212,10 +221,10 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
         spans = [
             await run_manager[i]
             .get_child()
-            .on_chain_start(None, request, name=OPTIMIZATION_RUN_NAME)
+            .on_chain_start(None, {"prompt": p, "context": c}, name=OPTIMIZATION_RUN_NAME)
             if run_manager[i].inheritable_handlers
             else None
-            for i, request in zip(owners, _span_inputs(prompts, contexts), strict=True)
+            for i, p, c in zip(owners, prompts, contexts, strict=True)
         ]
         try:
             results = (
@@ -280,11 +289,14 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
             )
         if isinstance(value, ChatPromptValue):
             inner = self._plan_messages(value.messages, where)
-            return _Plan(
-                inner.texts,
-                None,
-                lambda new: value.model_copy(update={"messages": inner.rebuild(new)}),
-            )
+
+            def rebuild_value(new: list[str]) -> ChatPromptValue:
+                messages = inner.rebuild(new)
+                if all(a is b for a, b in zip(messages, value.messages, strict=True)):
+                    return value
+                return value.model_copy(update={"messages": messages})
+
+            return _Plan(inner.texts, None, rebuild_value)
         if isinstance(value, list):
             return self._plan_messages(value, where)
         raise TypeError(
@@ -299,11 +311,12 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
                 f"BPORunnable could not read {where} as a list of messages ({error}); it accepts "
                 f"{_ACCEPTED}"
             ) from error
-        indices = human_indices(messages)
         if self.target == "last_human":
             # The newest user turn only; when it has no text (image-only), nothing is optimized.
-            turns = [i for i, message in enumerate(messages) if is_human(message)]
-            indices = [i for i in indices[-1:] if i == turns[-1]]
+            last = last_human_index(messages)
+            indices = [] if last is None or message_text(messages[last]) is None else [last]
+        else:
+            indices = human_indices(messages)
         texts = [message_text(messages[i]) or "" for i in indices]
 
         def rebuild(new: list[str]) -> list[Any]:
@@ -319,6 +332,20 @@ RunnableBPO = BPORunnable
 """Alias following LangChain's ``RunnableX`` naming."""
 
 
+# What ``invoke``/``ainvoke`` hand to LangChain's run wrapper: plain functions rather than bound
+# methods, whose signature LangChain would rebuild on every call.
+@_presigned
+def _invoke(input_: BPOInput, run_manager: CallbackManagerForChainRun, step: BPORunnable) -> Any:
+    return _raise_or_return(step._batch([input_], [run_manager])[0])
+
+
+@_presigned
+async def _ainvoke(
+    input_: BPOInput, run_manager: AsyncCallbackManagerForChainRun, step: BPORunnable
+) -> Any:
+    return _raise_or_return((await step._abatch([input_], [run_manager]))[0])
+
+
 def _flatten(plans: list[_Plan | Exception]) -> tuple[list[int], list[str], list[str | None]]:
     owners: list[int] = []
     prompts: list[str] = []
@@ -329,10 +356,6 @@ def _flatten(plans: list[_Plan | Exception]) -> tuple[list[int], list[str], list
             prompts.extend(plan.texts)
             contexts.extend([plan.context] * len(plan.texts))
     return owners, prompts, contexts
-
-
-def _span_inputs(prompts: list[str], contexts: list[str | None]) -> list[dict[str, Any]]:
-    return [{"prompt": p, "context": c} for p, c in zip(prompts, contexts, strict=True)]
 
 
 def _rebuild(plans: list[_Plan | Exception], results: list[OptimizationResult]) -> list[Any]:

@@ -33,8 +33,20 @@ def test_overhead_measures_all_four_chains() -> None:
     values = figures(section)
     assert len(values) == 4
     markdown = section.to_markdown()
-    assert r"`prompt \| bpo \| llm (async identity function)`" in markdown  # pipes escaped
+    assert r"`prompt \| bpo \| llm (instant async function)`" in markdown  # pipes escaped
+    assert r"`prompt \| bpo \| llm (instant sync function)`" in markdown
     assert "Where the time goes" in markdown
+
+
+def test_overhead_bpo_steps_really_rewrite() -> None:
+    """The timed BPO steps put a changed prompt back (no shortcut for unchanged text helps)."""
+    chains = overhead.build_chains()  # asserts the rewrite reaches the model's input
+    for name in (overhead.BPO_SYNC, overhead.BPO_ASYNC):
+        step = chains[name].steps[1]
+        value = chains[name].steps[0].invoke(overhead.QUESTION)
+        assert step.invoke(value).messages[-1].content.endswith(overhead.SUFFIX)
+    identity = chains[overhead.IDENTITY].steps[1]
+    assert identity.invoke("unchanged") == "unchanged"
 
 
 def test_cache_proves_a_repeated_batch_makes_no_backend_call() -> None:

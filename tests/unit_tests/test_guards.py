@@ -1,6 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bpo_integrations.guards import Guards, missing_protected, protected_spans
+from bpo_integrations.guards import PROTECTED_PATTERNS, Guards, missing_protected, protected_spans
 
 
 def kinds(text: str) -> list[str]:
@@ -57,3 +59,57 @@ def test_code_blocks_compare_with_whitespace_collapsed() -> None:
     original = "Explain:\n```\nfor i in x:\n    print(i)\n```"
     rewrite = "Explain this loop step by step:\n```\nfor i in x:\n  print(i)\n```"
     assert missing_protected(original, rewrite) == []
+
+
+# -- the fast paths agree with the full scan --------------------------------------------------
+
+PIECES = st.one_of(
+    st.sampled_from(["Explain", "the", "list", "don't", "why?", "é", "中文", "3", "-4.5", "50%"]),
+    st.sampled_from(["https://x.org/a?b=1", "www.test.io/x)", "bo@ex.com", "{name}", "{{u.id}}"]),
+    st.sampled_from(["`foo()`", "```py\nprint(1)\n```", '"hi there"', "'ok now'", "“curly”"]),
+    st.sampled_from([" ", "", "\n", ", ", '"', "'", "`", "{", "}", "."]),
+)
+TEXTS = st.one_of(st.lists(PIECES, max_size=14).map("".join), st.text(max_size=80))
+
+
+def reference_spans(text: str) -> list[tuple[str, str]]:
+    """``protected_spans`` as first written: every pattern cut out, matches or not."""
+    spans: list[tuple[str, str]] = []
+    remaining = text
+    for kind, pattern in PROTECTED_PATTERNS.items():
+        found = [m.group(0) for m in pattern.finditer(remaining)]
+        if kind == "url":
+            found = [s.rstrip(".,;:!?") for s in found]
+        if kind == "quoted" or kind == "single_quoted":
+            found = [s for s in found if s[1:-1].strip()]
+        spans.extend((kind, s) for s in found if s in text)
+        remaining = pattern.sub(" ", remaining)
+    order = {span: text.find(span) for _, span in spans}
+    return sorted(spans, key=lambda item: order[item[1]])
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS)
+def test_protected_spans_match_the_full_scan(text: str) -> None:
+    assert protected_spans(text) == reference_spans(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS, TEXTS, TEXTS)
+def test_a_rewrite_that_contains_the_original_keeps_every_span(
+    original: str, before: str, after: str
+) -> None:
+    rewrite = before + original + after
+    spans = protected_spans(original)
+    assert all(span in original for _, span in spans)  # why the shortcut is exact
+    assert missing_protected(original, rewrite) == []
+    if rewrite.strip() and len(rewrite) <= 8 * len(original) + 1200:
+        assert Guards().check(original, rewrite) is None
+
+
+def test_the_shortcut_does_not_hide_a_lost_span() -> None:
+    original = "Give 3 tips for `git rebase`"
+    assert Guards().check(original, original + " Be brief.") is None
+    reason = Guards().check(original, "Give 3 tips for rebasing a branch with git.")
+    assert reason is not None and reason.startswith("lost_protected_content")
+    assert "`git rebase`" in reason

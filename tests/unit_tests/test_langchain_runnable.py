@@ -411,3 +411,31 @@ def test_lcel_example_runs_offline() -> None:
     assert out.returncode == 0, out.stderr
     assert "the model was asked:" in out.stdout
     assert "bpo fell back: False" in out.stdout
+
+
+def test_an_image_only_last_turn_is_not_replaced_by_an_earlier_one(
+    bpo: BPORunnable, backend: RecordingBackend
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    messages = [HumanMessage("Describe cats."), AIMessage("Cats are..."), HumanMessage([image])]
+    assert bpo.invoke(messages) == messages
+    assert backend.calls == []
+
+
+def test_a_fallback_returns_the_chat_prompt_value_itself() -> None:
+    def down(prompt: str) -> str:
+        raise BackendUnavailableError("connection refused")
+
+    bpo = BPORunnable(optimizer=BPOOptimizer(CallableBackend(down), max_retries=0))
+    value = CHAT_PROMPT.invoke({"question": "Up?"})
+    assert bpo.invoke(value) is value
+
+
+def test_langchain_reads_the_stored_signatures_of_the_step_methods(bpo: BPORunnable) -> None:
+    from langchain_core.runnables.utils import accepts_config, accepts_run_manager
+
+    steps = (runnable_module._invoke, runnable_module._ainvoke)
+    for function in (*steps, bpo._batch.__func__, bpo._abatch.__func__):
+        assert "__signature__" in vars(function)
+    for function in (*steps, bpo._batch, bpo._abatch):
+        assert accepts_run_manager(function) and not accepts_config(function)
