@@ -75,7 +75,7 @@ def test_nucleus_sampler_returns_scores_whose_argmax_is_the_drawn_token() -> Non
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(0.0, 0.9), (0.6, 0.0), (0.6, 1.5)])
 def test_nucleus_sampler_rejects_bad_settings(temperature: float, top_p: float) -> None:
-    with pytest.raises(ValueError, match="temperature|top_p"):
+    with pytest.raises(ValueError, match=r"temperature|top_p"):
         NucleusSampler(temperature=temperature, top_p=top_p)
 
 
