@@ -129,6 +129,7 @@ def test_a_model_that_fails_to_load_leaves_no_worker_behind(tmp_path: Path) -> N
     from bpo_integrations.errors import BackendError
 
     (tmp_path / "config.json").write_text("{not json", encoding="utf-8")
+
     def workers() -> int:
         return sum(t.name == "bpo-local-backend" for t in threading.enumerate())
 
