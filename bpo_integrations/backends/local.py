@@ -692,7 +692,10 @@ class LocalBackend(Backend):
         with torch.inference_mode(), torch.random.fork_rng(devices=cuda, enabled=seeded):
             if seeded:
                 torch.manual_seed(settings.seed)
-            if len(chunk) == 1:
+            # A lone unseeded sampling row decodes in segments too, so that calls arriving just
+            # after it can join; a greedy one gains more from prompt lookup, a seeded one runs
+            # alone anyway.
+            if len(chunk) == 1 and (seeded or not settings.do_sample):
                 rows, segments, row_steps = self._generate_one(
                     input_ids, attention_mask, settings, owners, minimums, eos_ids, kwargs
                 )
@@ -733,7 +736,7 @@ class LocalBackend(Backend):
         eos_ids: tuple[int, ...],
         kwargs: dict[str, Any],
     ) -> tuple[list[list[int]], int, int]:
-        """One row in one ``model.generate`` (prompt lookup applies to greedy calls)."""
+        """One greedy or seeded row in one ``model.generate`` (greedy rows use prompt lookup)."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         kwargs = dict(kwargs, max_new_tokens=settings.max_new_tokens)
@@ -847,15 +850,17 @@ class LocalBackend(Backend):
                     self._stats["joined_rows"] += len(new_rows)
 
     def _prefill_shared_prefix(
-        self, encoded: list[list[int]]
+        self, encoded: list[list[int]], width: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
         """Prefill the tokens every row starts with (the BPO template) once, for all rows.
 
-        The rows are laid out as the shared prefix, left padding, then each row's own tokens;
-        the cache returned holds the prefix, and ``generate`` prefills the rest. ``None`` when
-        the rows share fewer than ``_MIN_SHARED_PREFIX`` tokens.
+        The rows are laid out right-aligned in at least ``width`` columns: left padding, the
+        shared prefix, more left padding, then each row's own tokens. The cache returned holds
+        the columns up to the rows' own tokens. ``None`` when fewer than two rows share fewer
+        than ``_MIN_SHARED_PREFIX`` tokens.
         """
         import torch
+        import torch.nn.functional as F
 
         shared = 0
         for column in zip(*encoded, strict=False):
@@ -863,25 +868,26 @@ class LocalBackend(Backend):
                 break
             shared += 1
         shared = min(shared, min(len(row) for row in encoded) - 1)  # each row keeps a token
-        if shared < _MIN_SHARED_PREFIX:
+        if shared < _MIN_SHARED_PREFIX or len(encoded) < 2:
             return None
         rest = max(len(row) for row in encoded) - shared
+        width = max(width, shared + rest)
+        start = width - rest - shared
         pad = self._tokenizer.pad_token_id
         device = self._device
-        ids = torch.full((len(encoded), shared + rest), pad, dtype=torch.long, device=device)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
-        ids[:, :shared] = torch.tensor(encoded[0][:shared], device=device)
-        mask[:, :shared] = 1
+        ids[:, start : start + shared] = torch.tensor(encoded[0][:shared], device=device)
+        mask[:, start : start + shared] = 1
         for row, row_ids in enumerate(encoded):
-            ids[row, shared + rest - (len(row_ids) - shared) :] = torch.tensor(
-                row_ids[shared:], device=device
-            )
-            mask[row, shared + rest - (len(row_ids) - shared) :] = 1
-        cache = self._model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
-        cache = cache.past_key_values
+            own = torch.tensor(row_ids[shared:], device=device)
+            ids[row, width - len(own) :] = own
+            mask[row, width - len(own) :] = 1
+        prefix = ids[:1, start : start + shared]
+        cache = self._model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
         for layer in cache.layers:
-            layer.keys = layer.keys.expand(len(encoded), -1, -1, -1).contiguous()
-            layer.values = layer.values.expand(len(encoded), -1, -1, -1).contiguous()
+            layer.keys = F.pad(layer.keys.expand(len(encoded), -1, -1, -1), (0, 0, start, 0))
+            layer.values = F.pad(layer.values.expand(len(encoded), -1, -1, -1), (0, 0, start, 0))
         with self._stats_lock:
             self._stats["prefix_tokens_reused"] += shared * (len(encoded) - 1)
         return ids, mask, cache
@@ -922,20 +928,29 @@ class LocalBackend(Backend):
         import torch.nn.functional as F
 
         pad = self._tokenizer.pad_token_id
-        width = max(ids.shape[1], max(len(row) for row in new_encoded))
-        new_ids = ids.new_full((len(new_encoded), width), pad)
-        new_mask = mask.new_zeros((len(new_encoded), width))
-        for row, row_ids in enumerate(new_encoded):
-            new_ids[row, width - len(row_ids) :] = torch.tensor(row_ids, device=ids.device)
-            new_mask[row, width - len(row_ids) :] = 1
-        positions = (new_mask.cumsum(-1) - 1).clamp(min=0)
-        prefill = self._model(
-            input_ids=new_ids[:, :-1],
-            attention_mask=new_mask[:, :-1],
-            position_ids=positions[:, :-1],
-            use_cache=True,
-            logits_to_keep=1,
-        ).past_key_values
+        shared = self._prefill_shared_prefix(new_encoded, ids.shape[1])
+        if shared is None:
+            width = max(ids.shape[1], max(len(row) for row in new_encoded))
+            new_ids = ids.new_full((len(new_encoded), width), pad)
+            new_mask = mask.new_zeros((len(new_encoded), width))
+            for row, row_ids in enumerate(new_encoded):
+                new_ids[row, width - len(row_ids) :] = torch.tensor(row_ids, device=ids.device)
+                new_mask[row, width - len(row_ids) :] = 1
+            prefill, cached = None, 0
+        else:
+            new_ids, new_mask, prefill = shared
+            width = new_ids.shape[1]
+            cached = prefill.get_seq_length()
+        if cached < width - 1:
+            positions = (new_mask.cumsum(-1) - 1).clamp(min=0)
+            prefill = self._model(
+                input_ids=new_ids[:, cached:-1],
+                attention_mask=new_mask[:, :-1],
+                position_ids=positions[:, cached:-1],
+                past_key_values=prefill,
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
         shift = width - ids.shape[1]
         for layer, fresh in zip(cache.layers, prefill.layers, strict=True):
             layer.keys = torch.cat([F.pad(layer.keys, (0, 0, shift, 0)), fresh.keys], dim=0)

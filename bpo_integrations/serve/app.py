@@ -592,7 +592,17 @@ class _BatchStats:
             "bpo_serve_streams_running", "Token-by-token generations running now (0 or 1)."
         )
         running.add_metric([], self.engine.streams_running)
-        yield from (batches, rows, largest, running)
+        joined = CounterMetricFamily(
+            "bpo_serve_joined_rows",
+            "Sequences that joined a batch already generating (between its decoding segments).",
+        )
+        joined.add_metric([], stats.get("joined_rows", 0))
+        reused = CounterMetricFamily(
+            "bpo_serve_prefix_tokens_reused",
+            "Prompt tokens not prefilled again because the sequences of a batch share them.",
+        )
+        reused.add_metric([], stats.get("prefix_tokens_reused", 0))
+        yield from (batches, rows, largest, running, joined, reused)
 
     def describe(self) -> list[Any]:
         return []

@@ -55,6 +55,7 @@ def test_concurrent_requests_are_gathered_into_one_batch(url: str) -> None:
     ).json()["generated_text"]
     batches_before = _counter(url, "bpo_serve_batches_total")
     rows_before = _counter(url, "bpo_serve_batch_rows_total")
+    reused_before = _counter(url, "bpo_serve_prefix_tokens_reused_total")
 
     texts = asyncio.run(_generate_concurrently(url, [prompt] * CLIENTS))
 
@@ -64,3 +65,5 @@ def test_concurrent_requests_are_gathered_into_one_batch(url: str) -> None:
     assert rows == CLIENTS
     assert batches <= 2, f"{CLIENTS} concurrent requests took {batches} generations"
     assert _counter(url, "bpo_serve_max_batch_size") >= CLIENTS / 2
+    # the rows of a batch (and rows that join it) prefill the template they share once
+    assert _counter(url, "bpo_serve_prefix_tokens_reused_total") > reused_before

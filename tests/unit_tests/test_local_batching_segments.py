@@ -42,6 +42,15 @@ def unbatched_greedy(backend: LocalBackend, prompt: str, max_new_tokens: int) ->
     return output[0, encoded["input_ids"].shape[1] :].tolist()
 
 
+def shared_prefix(backend: LocalBackend, prompts: list[str]) -> int:
+    """Tokens the rows of a two-row batch share (each row keeps one of its own)."""
+    rows = [backend.tokenizer(backend.format_prompt(p))["input_ids"] for p in prompts]
+    shared = 0
+    while shared < min(map(len, rows)) - 1 and len({row[shared] for row in rows}) == 1:
+        shared += 1
+    return shared
+
+
 def test_greedy_over_many_segments_equals_unbatched(backend: LocalBackend) -> None:
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=11)  # not a multiple of 4
     before = backend.stats
@@ -137,6 +146,9 @@ def test_a_request_that_arrives_mid_batch_joins_it(backend: LocalBackend) -> Non
 
     assert after["batches"] - before["batches"] == 1  # the late call ran inside the first batch
     assert after["joined_rows"] - before["joined_rows"] == len(joining)
+    # the running rows and then the joiners each prefilled their shared template once
+    reused = shared_prefix(backend, running) + shared_prefix(backend, joining)
+    assert after["prefix_tokens_reused"] - before["prefix_tokens_reused"] == reused > 0
     for prompt, generation in zip(running + joining, first + joined, strict=True):
         assert generation.extra["token_ids"] == unbatched_greedy(backend, prompt, 11)
         assert generation.finish_reason == "length" and generation.generated_tokens == 11
