@@ -789,7 +789,12 @@ class LocalBackend(Backend):
             width = ids.shape[1]
             room = min(settings.max_new_tokens - generated[row] for row in active)
             steps = min(self.segment_tokens, room)
-            tracker = _RowTracker([chunk[row][0] for row in active], eos_ids, stop_strings)
+            tracker = _RowTracker(
+                [chunk[row][0] for row in active],
+                eos_ids,
+                stop_strings,
+                interrupt=self._has_joiners if len(active) < self.max_batch_size else bool,
+            )
             segment_kwargs = dict(
                 kwargs,
                 max_new_tokens=steps,
@@ -815,7 +820,8 @@ class LocalBackend(Backend):
             keep = []
             for position, row in enumerate(active):
                 generated[row] += added
-                if done[position] or generated[row] >= settings.max_new_tokens or added < steps:
+                stopped = added < steps and not tracker.interrupted
+                if done[position] or generated[row] >= settings.max_new_tokens or stopped:
                     results[row] = sequences[position, -generated[row] :].tolist()
                 else:
                     keep.append(position)
@@ -892,6 +898,10 @@ class LocalBackend(Backend):
             self._stats["prefix_tokens_reused"] += shared * (len(encoded) - 1)
         return ids, mask, cache
 
+    def _has_joiners(self) -> bool:
+        """Whether calls wait in the inbox (a running batch with room ends its segment early)."""
+        return not self._inbox.empty()
+
     def _take_joiners(self, key: Hashable, room: int, cache: Any) -> list[_Request]:
         """Waiting requests with ``key`` that fit in ``room`` rows; others wait in order."""
         from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -899,15 +909,19 @@ class LocalBackend(Backend):
         mergeable = type(cache) is DynamicCache and all(
             type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers
         )
-        if room < 1 or not mergeable:
-            return []
         joiners: list[_Request] = []
-        while True:
+        while True:  # what cannot join waits in order (and no longer interrupts segments)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return joiners
-            if item is None or isinstance(item, _Call) or item.key != key or len(item.texts) > room:
+            if (
+                not mergeable
+                or item is None
+                or isinstance(item, _Call)
+                or item.key != key
+                or len(item.texts) > room
+            ):
                 self._pending.append(item)
                 if item is None:
                     return joiners
@@ -1037,14 +1051,24 @@ class _RowMinNewTokens:
 
 
 class _RowTracker:
-    """Record which rows of a segment finished (eos, a stop string, their caller gave up)."""
+    """Record which rows of a segment finished (eos, a stop string, their caller gave up).
+
+    When ``interrupt()`` says so (calls are waiting to join), the segment ends after this step
+    for every row; ``interrupted`` tells that apart from all rows finishing.
+    """
 
     def __init__(
-        self, row_owners: list[_Request], eos_ids: tuple[int, ...], stop_strings: Any
+        self,
+        row_owners: list[_Request],
+        eos_ids: tuple[int, ...],
+        stop_strings: Any,
+        interrupt: Callable[[], bool],
     ) -> None:
         self.row_owners = row_owners
         self.eos_ids = list(eos_ids)
         self.stop_strings = stop_strings
+        self.interrupt = interrupt
+        self.interrupted = False
         self.done: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
@@ -1058,6 +1082,9 @@ class _RowTracker:
         if self.stop_strings is not None:
             finished = finished | self.stop_strings(input_ids, scores)
         self.done = finished if self.done is None else self.done | finished
+        if self.interrupt():
+            self.interrupted = True
+            return torch.ones_like(finished)
         return finished
 
 

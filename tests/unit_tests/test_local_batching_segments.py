@@ -161,3 +161,25 @@ def test_segment_tokens_must_be_positive(tiny_llama_dir: Path) -> None:
 
 def _greedy(max_new_tokens: int) -> GenerationSettings:
     return GenerationSettings.for_mode("greedy", max_new_tokens=max_new_tokens)
+
+
+def test_a_waiting_call_ends_the_running_segment_early(backend: LocalBackend) -> None:
+    settings = _greedy(11)
+    shapes: list[tuple[int, int]] = []
+    late: list = []
+
+    def record(module: object, args: object, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids")
+        shapes.append(tuple(ids.shape) if ids is not None else (0, 0))
+        if not late:  # during the running rows' prefill: the call waits from the first token on
+            late.append(backend._submit_prompts(["Hi", "Tell me a joke"], settings))
+
+    hook = backend.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        backend.generate([PROMPTS[0], PROMPTS[3]], settings)
+        late[0].future.result(timeout=60)
+    finally:
+        hook.remove()
+    merged = shapes.index((4, 1))  # the first decoding step of all four rows
+    # without the interrupt the two running rows would decode SEGMENT - 1 more steps alone
+    assert (2, 1) not in shapes[:merged]
