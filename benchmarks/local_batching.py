@@ -21,7 +21,9 @@ from benchmarks._common import Figure, Section, fmt_s, load_prompts
 TARGET_RATIO = 5.0
 
 
-def reference_loop(backend: Any, prompts: list[str], max_new_tokens: int) -> list[int]:
+def reference_loop(
+    backend: Any, prompts: list[str], max_new_tokens: int, min_new_tokens: int = 0
+) -> list[int]:
     """The paper's inference code, one ``model.generate`` per prompt; new tokens per prompt."""
     import torch
 
@@ -33,6 +35,7 @@ def reference_loop(backend: Any, prompts: list[str], max_new_tokens: int) -> lis
             output = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
                 do_sample=True,
                 top_p=0.9,
                 temperature=0.6,
@@ -74,6 +77,19 @@ def run(
             looped.append(time.perf_counter() - started)
             looped_tokens.append(sum(counts))
         after = backend.stats
+        # the same prompts, every row made to write max_new_tokens: no longest row to wait for
+        full = GenerationSettings.for_mode(
+            "stable", max_new_tokens=max_new_tokens, min_new_tokens_from_prompt=True
+        )
+        templated = [backend.format_prompt(t) for t in texts]
+        started = time.perf_counter()
+        backend.generate_raw(templated, full, min_new_tokens=[max_new_tokens] * len(texts))
+        full_batched = time.perf_counter() - started
+        started = time.perf_counter()
+        backend.run_in_worker(
+            lambda: reference_loop(backend, texts, max_new_tokens, min_new_tokens=max_new_tokens)
+        )
+        full_looped = time.perf_counter() - started
     finally:
         backend.close()
     b, r = _median(batched), _median(looped)
@@ -111,8 +127,25 @@ def run(
             "x",
             f"≥ {TARGET_RATIO:g}x",
             ratio >= TARGET_RATIO,
-        )
+        ),
+        Figure(
+            f"Throughput, batched / reference loop, every row writing {max_new_tokens} tokens "
+            "(one run)",
+            full_looped / full_batched,
+            "x",
+            "report",
+            None,
+        ),
     ]
+    section.rows.append(
+        (
+            f"Every row made to write {max_new_tokens} tokens: batched / reference loop",
+            f"{fmt_s(full_batched)} / {fmt_s(full_looped)}",
+            f"{prompts / full_batched:.2f} / {prompts / full_looped:.2f}",
+            f"{prompts * max_new_tokens / full_batched:.1f} / "
+            f"{prompts * max_new_tokens / full_looped:.1f}",
+        )
+    )
     section.notes += [
         "Rows that finish leave the batch every `segment_tokens` new tokens, the rows share one "
         "prefill of the BPO template, and a batch samples with `NucleusSampler` (the same "
