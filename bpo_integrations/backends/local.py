@@ -91,7 +91,7 @@ class LocalBackend(Backend):
         batch_wait_ms: how long the worker waits for more calls to join a batch.
         prompt_lookup: use prompt-lookup decoding for single-prompt greedy calls (transformers
             supports it only at batch size 1). BPO rewrites copy much of their input, which is
-            what it speeds up: 2.1x with identical outputs on the embedded default model (see
+            what it speeds up: 1.8–2.1x with identical outputs on the embedded default model (see
             BENCHMARKS.md); on a model that answers instead of rewriting it can be slower.
         prompt_lookup_tokens: candidate tokens per prompt-lookup step.
         segment_tokens: a batch of several rows generates this many new tokens at a time; after
