@@ -94,12 +94,13 @@ class LocalBackend(Backend):
             what it speeds up: 1.8–2.1x with identical outputs on the embedded default model (see
             BENCHMARKS.md); on a model that answers instead of rewriting it can be slower.
         prompt_lookup_tokens: candidate tokens per prompt-lookup step.
-        segment_tokens: a batch of several rows generates this many new tokens at a time; after
-            each segment the rows that finished (eos, a stop string, a caller that gave up)
-            leave the batch and the rest continue from the KV cache, so a batch costs what its
-            running rows cost rather than running every row to the longest one. Between
-            segments, waiting calls with the same settings join the running batch (up to
-            ``max_batch_size`` rows): their prompts are prefilled and merged into the cache.
+        segment_tokens: a batch of several rows (or one sampled row) generates this many new
+            tokens at a time; after each segment the rows that finished (eos, a stop string, a
+            caller that gave up) leave the batch and the rest continue from the KV cache, so a
+            batch costs what its running rows cost rather than running every row to the longest
+            one. A call that arrives while a batch with room runs ends the segment after the
+            current token; if its settings are the same it joins the batch (up to
+            ``max_batch_size`` rows): its prompts are prefilled and merged into the cache.
         template: how a user prompt becomes the model's input. ``"bpo"``: the raw BPO template
             ``[INST] ... [/INST]`` (what ``THUDM/BPO`` was trained on); ``"chat"``: the
             tokenizer's chat template around :func:`~bpo_integrations.template.format_bpo_message`;
@@ -862,8 +863,8 @@ class LocalBackend(Backend):
 
         The rows are laid out right-aligned in at least ``width`` columns: left padding, the
         shared prefix, more left padding, then each row's own tokens. The cache returned holds
-        the columns up to the rows' own tokens. ``None`` when fewer than two rows share fewer
-        than ``_MIN_SHARED_PREFIX`` tokens.
+        the columns up to the rows' own tokens. ``None`` for a single row, or rows that share
+        fewer than ``_MIN_SHARED_PREFIX`` tokens.
         """
         import torch
         import torch.nn.functional as F
