@@ -86,6 +86,10 @@ class _ValidationError(Exception):
     pass
 
 
+class _HungUp(Exception):
+    """The client closed the connection before it sent the whole body."""
+
+
 def _echo(text: str) -> str:
     return text
 
@@ -368,6 +372,8 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def _body(self) -> dict[str, Any] | None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if len(raw) < length:
+                raise _HungUp
             if not raw:
                 return {}
             try:
@@ -461,7 +467,11 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
-            body = self._body()
+            try:
+                body = self._body()
+            except (_HungUp, ConnectionError):  # the client left mid-body: nothing was asked
+                self.close_connection = True
+                return
             recorded = body if body is not None else {"_invalid_json": True}
             fault = server._record(path, recorded, self._headers())
             if self._apply_fault(fault):

@@ -222,6 +222,17 @@ def test_drop_connection_fault(server, client) -> None:
     assert client.post(server.url + "/generate", json={"inputs": "x"}).status_code == 200
 
 
+def test_a_client_that_hangs_up_mid_body_is_not_recorded(server, client) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        sock.sendall(head.encode() + b'{"model": "THUDM/BPO", "mess')
+    body = {"model": "THUDM/BPO", "messages": [{"role": "user", "content": "Hi"}]}
+    assert client.post(server.url + "/v1/chat/completions", json=body).status_code == 200
+    assert [path for path, _ in server.requests] == ["/v1/chat/completions"]
+    assert server.requests[0][1] == body
+
+
 def test_hang_fault_is_bounded_and_stop_wakes_it() -> None:
     server = ScriptedServer().start()
     server.inject(Fault("hang", seconds=0.3))
