@@ -465,6 +465,14 @@ class LocalBackend(Backend):
         self._queue.put(call)
         return call.future.result()
 
+    async def arun_in_worker(self, fn: Callable[[], T]) -> T:
+        """Async :meth:`run_in_worker`; cancelled before ``fn`` starts, ``fn`` does not run."""
+        if not self.loaded:
+            await asyncio.to_thread(self.load)
+        call = _Call(fn)
+        self._queue.put(call)
+        return await asyncio.wrap_future(call.future)
+
     @property
     def stats(self) -> dict[str, int]:
         """Counters: ``batches`` (batches of rows run together), ``rows``, ``requests``,

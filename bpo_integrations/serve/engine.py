@@ -8,8 +8,9 @@ Two paths share the backend's model:
 - streamed: ``/generate_stream``, streamed chat, and requests that need what ``generate_raw``
   does not offer (``top_k``, repetition/frequency/presence penalties, ``typical_p``, per-token
   logprobs or alternatives) run one at a time, token by token, through a transformers streamer
-  on the backend's model. ``LocalBackend`` has no public lock: a stream runs beside its batches
-  (inference on a shared model is thread-safe), so both share the device.
+  on the backend's model, on the backend's worker thread between batches
+  (``LocalBackend.arun_in_worker``). On CPU every thread that runs torch gets an OpenMP pool of
+  its own, and a second pool slowed every later batch step 1.7x on 2 cores.
 
 The engine keeps its own copies of the tokenizer: a fast tokenizer must not be used from two
 threads at once, and the backend's worker thread owns the backend's.
@@ -21,7 +22,6 @@ import asyncio
 import copy
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -148,10 +148,9 @@ class Engine:
         backend.load()
         self.backend = backend
         self.model: Any = backend.model
-        # one tokenizer for the event loop, one for the streaming thread
+        # one tokenizer for the event loop, one for streams on the worker thread
         self.tokenizer: Any = copy.deepcopy(backend.tokenizer)
         self._stream_tokenizer: Any = copy.deepcopy(backend.tokenizer)
-        self._stream_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpo-serve-stream")
         self.streams_run = 0
         self.streams_running = 0
         config = self.model.generation_config
@@ -167,8 +166,7 @@ class Engine:
         return value if isinstance(value, int) else None
 
     def close(self) -> None:
-        """Stop streaming and close the backend (its worker thread and model)."""
-        self._stream_pool.shutdown(wait=False, cancel_futures=True)
+        """Close the backend (its worker thread and model) once the work queued on it is done."""
         self.backend.close()
 
     # -- text <-> tokens --------------------------------------------------------------------------
@@ -297,9 +295,13 @@ class Engine:
         def emit(item: _Step | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        future = loop.run_in_executor(
-            self._stream_pool, self._generate_streamed, prompt.ids, params, emit, cancel
+        future = asyncio.ensure_future(
+            self.backend.arun_in_worker(
+                lambda: self._generate_streamed(prompt.ids, params, emit, cancel)
+            )
         )
+        # a stream the worker never ran (it was closed first) ends too
+        future.add_done_callback(lambda _: queue.put_nowait(None))
         detok = _Detokenizer(self.tokenizer)
         tokens: list[TokenInfo] = []
         try:

@@ -138,3 +138,33 @@ def test_a_model_that_fails_to_load_leaves_no_worker_behind(tmp_path: Path) -> N
     with pytest.raises(BackendError, match="could not load"):
         backend.load()
     assert not backend.loaded and workers() == before
+
+
+def test_arun_in_worker_runs_on_the_worker_and_a_cancelled_call_never_runs(
+    tiny_llama_dir: Path,
+) -> None:
+    import asyncio
+
+    backend = LocalBackend(tiny_llama_dir, device="cpu").load()
+    release = threading.Event()
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        assert await backend.arun_in_worker(lambda: threading.current_thread().name) == (
+            "bpo-local-backend"
+        )
+        busy = asyncio.ensure_future(backend.arun_in_worker(lambda: release.wait(10)))
+        queued = asyncio.ensure_future(backend.arun_in_worker(lambda: ran.append("queued")))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        assert await busy is True
+        await backend.arun_in_worker(lambda: None)  # the queue has moved past the cancelled call
+
+    try:
+        asyncio.run(scenario())
+        assert ran == []
+    finally:
+        backend.close()
