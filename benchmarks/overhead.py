@@ -168,7 +168,7 @@ def run(*, calls: int = 300, repeats: int = 7) -> Section:
                 f"`{name}`",
                 fmt_s(t),
                 "—" if name == BASE else fmt_s(extra),
-                "—" if name == BASE else f"{extra / identity:.2f}x",
+                "—" if name == BASE or identity <= 0 else f"{extra / identity:.2f}x",
             )
         )
     pieces = parts(calls=calls, repeats=repeats)
