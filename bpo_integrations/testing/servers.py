@@ -21,6 +21,7 @@ import itertools
 import json
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -84,6 +85,18 @@ class _Completion:
 
 class _ValidationError(Exception):
     pass
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up is not a server failure: no traceback for it.
+
+    (On Python 3.11 formatting a traceback parses source with ``ast``, and two threads parsing at
+    once can fail with "SystemError: AST constructor recursion depth mismatch".)
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _HungUp(Exception):
@@ -157,7 +170,7 @@ class ScriptedServer:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._handlers: set[threading.Thread] = set()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
 
@@ -175,7 +188,7 @@ class ScriptedServer:
         if self._httpd is not None:
             raise RuntimeError("the server is already running")
         self._stopping.clear()
-        httpd = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        httpd = _QuietServer((self.host, self.port), _make_handler(self))
         httpd.daemon_threads = True
         httpd.block_on_close = False
         self._httpd = httpd
@@ -239,6 +252,21 @@ class ScriptedServer:
         """The paths of the requests received so far, in order."""
         with self._lock:
             return [path for path, _ in self.requests]
+
+    def wait_disconnected(self, timeout: float = 10.0) -> None:
+        """Wait until the connections this server accepted are closed, their requests recorded.
+
+        After a client is cancelled, requests it already sent on them may still be read and
+        recorded; counting ``requests`` after this call counts them too.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._connections:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"clients kept {len(self._connections)} connection(s) open")
+            time.sleep(0.01)
 
     # -- internals used by the handler ----------------------------------------------------------
 

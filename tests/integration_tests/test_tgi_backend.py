@@ -251,3 +251,22 @@ def test_client_timeout_is_a_timeout(server) -> None:
     with pytest.raises(OptimizationTimeoutError, match="no answer from TGI"):
         TGIBackend(server.url, timeout=0.3).generate(["x"], GenerationSettings())
     assert time.perf_counter() - started < 1.5
+
+
+def test_a_cancelled_agenerate_logs_no_unretrieved_error(server, caplog) -> None:
+    import gc
+
+    server.inject(Fault("hang", seconds=10), Fault("hang", seconds=10))
+    backend = TGIBackend(server.url)
+
+    async def cancel_midway() -> None:
+        task = asyncio.ensure_future(backend.agenerate(["a", "b"], GenerationSettings(), timeout=5))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        asyncio.run(cancel_midway())
+        gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -231,6 +232,34 @@ def test_a_client_that_hangs_up_mid_body_is_not_recorded(server, client) -> None
     assert client.post(server.url + "/v1/chat/completions", json=body).status_code == 200
     assert [path for path, _ in server.requests] == ["/v1/chat/completions"]
     assert server.requests[0][1] == body
+
+
+def _send_and_leave(server: ScriptedServer, *, reset_after_recorded: bool = False) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"inputs": "x"}).encode()
+    head = f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the server holds the connection
+        sock.sendall(head.encode() + body)
+        if reset_after_recorded:
+            while len(server.requests) < 2:
+                time.sleep(0.01)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_wait_disconnected_counts_what_a_client_sent_before_it_left(server) -> None:
+    server.inject(Fault("hang", seconds=0.2))
+    _send_and_leave(server)
+    server.wait_disconnected()
+    assert [path for path, _ in server.requests] == ["/health", "/generate"]
+
+
+def test_a_client_that_hung_up_is_no_server_error(server, capfd) -> None:
+    server.inject(Fault("hang", seconds=0.2))  # the client is gone when the answer is written
+    _send_and_leave(server, reset_after_recorded=True)
+    server.wait_disconnected()
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_hang_fault_is_bounded_and_stop_wakes_it() -> None:

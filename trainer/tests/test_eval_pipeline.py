@@ -225,6 +225,7 @@ async def test_restart_midway_repeats_no_judged_pair(
         assert 20 <= finished < 80
         with path.open("a") as handle:  # a crash mid-write leaves a torn last line
             handle.write('{"key": "torn", "testset": "vic')
+        judge_server.wait_disconnected()  # requests sent before the cancel are all counted
         before = len(judge_requests(judge_server))
         assert finished <= before <= finished + 4  # at most `concurrency` were in flight
 
