@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -196,9 +196,13 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
             observe(completion, started)
             return completion
 
-        work = asyncio.gather(*(one(p, s) for p, s in zip(prompts, params, strict=True)))
+        async def every() -> list[Completion]:
+            return list(
+                await asyncio.gather(*(one(p, s) for p, s in zip(prompts, params, strict=True)))
+            )
+
         try:
-            return await _until_disconnected(request, work)
+            return await _until_disconnected(request, every())
         finally:
             slot.release()
 
@@ -608,8 +612,12 @@ class _BatchStats:
         return []
 
 
-async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first (freeing its slot)."""
+async def _until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (freeing its slot).
+
+    ``work`` is a coroutine, run as a task: a cancelled task retrieves what it awaited, where a
+    cancelled bare ``gather`` would be logged later as "exception was never retrieved".
+    """
     task = asyncio.ensure_future(work)
 
     async def wait_for_disconnect() -> None:
