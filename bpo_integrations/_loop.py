@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -110,3 +110,12 @@ async def _stopping(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoo
         return await coro
     finally:
         loop.stop()
+
+
+async def gather(*awaitables: Awaitable[T]) -> list[T]:
+    """``asyncio.gather`` as a coroutine, for ``wait_for`` or a task to run.
+
+    Cancelled, the task retrieves the gather's error; a bare gather under ``wait_for`` leaves it
+    to be logged later as "exception was never retrieved".
+    """
+    return list(await asyncio.gather(*awaitables))

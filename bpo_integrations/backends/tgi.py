@@ -9,6 +9,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
+from bpo_integrations._loop import gather
 from bpo_integrations.backends._http import (
     PerLoopClients,
     map_in_threads,
@@ -185,13 +186,8 @@ class TGIBackend(Backend):
                     raise_mapped(self._map_error, error, started)
             return self._to_generation(output)
 
-        async def every() -> list[Generation]:
-            # awaited inside a task, so that a cancelled gather's error is retrieved, not logged
-            # as "exception was never retrieved" (wait_for on the gather itself leaves it)
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
-
         try:
-            return await asyncio.wait_for(every(), limit)
+            return await asyncio.wait_for(gather(*(one(p) for p in prompts)), limit)
         except asyncio.TimeoutError as error:
             raise OptimizationTimeoutError(
                 f"no answer from TGI at {self.endpoint} after {limit:.2f}s"

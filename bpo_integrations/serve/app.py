@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bpo_integrations._loop import gather
 from bpo_integrations.errors import BackendError
 from bpo_integrations.serve import schemas, validation
 from bpo_integrations.serve.config import ServeConfig
@@ -196,13 +197,9 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
             observe(completion, started)
             return completion
 
-        async def every() -> list[Completion]:
-            return list(
-                await asyncio.gather(*(one(p, s) for p, s in zip(prompts, params, strict=True)))
-            )
-
+        work = gather(*(one(p, s) for p, s in zip(prompts, params, strict=True)))
         try:
-            return await _until_disconnected(request, every())
+            return await _until_disconnected(request, work)
         finally:
             slot.release()
 
@@ -615,8 +612,8 @@ class _BatchStats:
 async def _until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Await ``work``, cancelling it if the client disconnects first (freeing its slot).
 
-    ``work`` is a coroutine, run as a task: a cancelled task retrieves what it awaited, where a
-    cancelled bare ``gather`` would be logged later as "exception was never retrieved".
+    ``work`` is a coroutine (for many generations, :func:`~bpo_integrations._loop.gather`), run as
+    a task, which retrieves what it awaited when it is cancelled.
     """
     task = asyncio.ensure_future(work)
 
