@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks._common import REPO, Figure, Section, machine, table_row
 
-NAMES = ("overhead", "cache", "local", "prompt_lookup", "served", "memory")
+NAMES = ("overhead", "cache", "local", "served", "memory", "startup", "engines")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,16 +53,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
-    from benchmarks import cache, local_batching, memory, overhead, prompt_lookup, served
+    from benchmarks import cache, engines, local_batching, memory, overhead, served, startup
 
     sized = {"model": args.model, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens}
     return {
         "overhead": lambda: overhead.run(calls=args.calls, repeats=args.repeats),
         "cache": lambda: cache.run(prompts=args.prompts, repeats=args.repeats, calls=args.calls),
         "local": lambda: local_batching.run(repeats=args.repeats, **sized),
-        "prompt_lookup": lambda: prompt_lookup.run(repeats=args.repeats, **sized),
         "served": lambda: served.run(repeats=args.repeats, **sized),
         "memory": lambda: memory.run(**sized),
+        "startup": lambda: startup.run(model=args.model, repeats=args.repeats),
+        "engines": lambda: engines.run(
+            prompts=args.prompts, repeats=min(args.repeats, 3), max_new_tokens=args.max_new_tokens
+        ),
     }
 
 

@@ -2,7 +2,7 @@
 
 ``bpo serve`` runs in its own process (the real CLI); the clients are
 ``BPOOptimizer(TGIBackend(url))`` calls from 16 threads at once, then the same prompts one after
-another. The server gathers concurrent requests into batched generations.
+another. The server's engine decodes concurrent requests together (continuous batching).
 """
 
 from __future__ import annotations

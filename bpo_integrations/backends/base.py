@@ -23,6 +23,8 @@ class Backend(ABC):
     name: str = "backend"
     max_batch_size: int = 1
     """How many prompts one :meth:`generate` call handles efficiently (1: one request each)."""
+    max_concurrency: int | None = None
+    """How many calls the backend serves at once, if it knows (the optimizer's default)."""
 
     @abstractmethod
     def generate(

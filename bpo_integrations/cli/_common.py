@@ -46,8 +46,7 @@ def build_backend(
     endpoint: str | None = None,
     model: str | None = None,
     adapter: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
+    precision: str | None = None,
 ) -> Backend:
     """The backend the options describe; :class:`CliError` names any option that does not fit.
 
@@ -64,7 +63,7 @@ def build_backend(
         from bpo_integrations.backends.local import LocalBackend
 
         try:
-            return LocalBackend(model, adapter=adapter, device=device, dtype=dtype)
+            return LocalBackend(model, adapter=adapter, precision=precision or "f16")  # type: ignore[arg-type]
         except ValueError as error:
             raise CliError(str(error)) from error
     if adapter:
@@ -72,8 +71,8 @@ def build_backend(
             f"--adapter only works with --backend local (the {kind.value} server "
             "loads its own adapter)"
         )
-    if device or dtype:
-        raise CliError("--device and --dtype only work with --backend local")
+    if precision:
+        raise CliError("--precision only works with --backend local")
     if endpoint is not None:
         _check_url(endpoint)
     if kind is BackendKind.tgi:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import time
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -27,6 +29,9 @@ from bpo_integrations.settings import GenerationSettings
 
 FATAL_REASONS = ("backend_unavailable", "backend_error", "backend_overloaded", "timeout")
 """Fallback reasons that mean the optimizer did not work at all (rather than a rejected rewrite)."""
+
+FILE_FATAL_REASONS = ("backend_unavailable", "backend_error", "backend_overloaded")
+"""In file mode a prompt that ran out of time is written as a fallback; these stop the job."""
 
 
 class ModeName(str, Enum):
@@ -80,8 +85,9 @@ def optimize_command(
     adapter: Annotated[
         str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="local: cuda, mps or cpu.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="local: float32, float16, bfloat16.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="local: how the model stores weights: f16, q8_0, q4_0.")
+    ] = None,
     mode: Annotated[
         ModeName | None,
         typer.Option(help="Decoding preset (default: the model's recommended one, else stable)."),
@@ -95,8 +101,11 @@ def optimize_command(
         int | None, typer.Option(min=1, help="Longest rewrite, in tokens.")
     ] = None,
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Prompts optimized at once (file mode).")
-    ] = 8,
+        int | None,
+        typer.Option(
+            min=1, help="Prompts optimized at once (file mode); default: what the backend batches."
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the full result record as JSON.")
     ] = False,
@@ -117,7 +126,7 @@ def optimize_command(
         else:
             prompt = _read_prompt(text)
         engine = build_backend(
-            backend, endpoint=endpoint, model=model, adapter=adapter, device=device, dtype=dtype
+            backend, endpoint=endpoint, model=model, adapter=adapter, precision=precision
         )
         preset = GenerationSettings.for_mode(mode.value) if mode else None
         preset = preset or engine.recommended_settings() or GenerationSettings.for_mode("stable")
@@ -134,7 +143,7 @@ def optimize_command(
         )
         try:
             if input_path is not None and output_path is not None:
-                _optimize_file(optimizer, lines, output_path, id_field, concurrency, json_output)
+                _optimize_file(optimizer, lines, output_path, id_field, json_output)
             else:
                 _optimize_one(optimizer, prompt, json_output, endpoint)
         finally:
@@ -207,17 +216,13 @@ def _load_local(engine: object) -> None:
         return
     from rich.console import Console
 
-    from bpo_integrations.models import default_model_path, is_converted
+    from bpo_integrations.inference.prepare import default_prepared_path, is_prepared
 
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # the spinner says what is happening
-    except ImportError:
-        pass  # load() names the missing extra
     message = "Loading the optimizer model…"
-    if getattr(engine, "model_id", "") is None and not is_converted(default_model_path()):
-        message = "Converting the default model (once, about 30 s)…"
+    if getattr(engine, "model_id", "") is None:
+        prepared = default_prepared_path(getattr(engine, "precision", "f16"))
+        if prepared is None or not is_prepared(prepared):
+            message = "Preparing the default model for the engine (once, about 30 s)…"
     try:
         with Console(stderr=True).status(message):
             load()
@@ -309,15 +314,20 @@ def _optimize_file(
     lines: list[_Line],
     output: Path,
     id_field: str,
-    chunk_size: int,
     json_output: bool,
 ) -> None:
+    """Optimize every line not done yet, ``max_concurrency`` at a time, writing each as it ends.
+
+    Each prompt's latency budget starts when it starts, not while it waits for a slot; a prompt
+    that still runs out of time is written with its fallback reason and the job goes on.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
         TextColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
@@ -326,27 +336,34 @@ def _optimize_file(
     done = finished_keys(output, id_field)
     todo = [line for line in lines if line.key not in done]
     skipped = len(lines) - len(todo)
-    chunk_size = max(chunk_size, optimizer.backend.max_batch_size)
-    written = fell_back = 0
+    counts = {"written": 0, "fell_back": 0, "timed_out": 0}
     progress = Progress(
         TextColumn("optimizing"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
     )
-    with progress, JsonlWriter(output) as writer:
-        task = progress.add_task("optimize", total=len(lines), completed=skipped)
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            results = optimizer.optimize_batch(
-                [line.prompt for line in chunk], contexts=[line.context for line in chunk]
-            )
-            fatal = None
-            for line, result in zip(chunk, results, strict=True):
-                if result.fell_back and (result.fallback_reason or "").startswith(FATAL_REASONS):
-                    fatal = fatal or result
-                    continue
+
+    async def run(writer: JsonlWriter) -> OptimizationResult | None:
+        task = progress.add_task("optimize", total=len(lines), completed=skipped, rate="")
+        slots = asyncio.Semaphore(optimizer.max_concurrency)
+        started = time.perf_counter()
+
+        async def one(line: _Line) -> tuple[_Line, OptimizationResult]:
+            async with slots:
+                return line, await optimizer.aoptimize(line.prompt, context=line.context)
+
+        pending = {asyncio.ensure_future(one(line)) for line in todo}
+        try:
+            for finished in asyncio.as_completed(pending):
+                line, result = await finished
+                reason = result.fallback_reason or ""
+                if result.fell_back and reason.startswith(FILE_FATAL_REASONS):
+                    return result
                 writer.write(
                     {
                         **line.record,
@@ -355,31 +372,43 @@ def _optimize_file(
                         "result": result.to_dict(),
                     }
                 )
-                written += 1
-                fell_back += result.fell_back
-                progress.advance(task)
-            if fatal is not None:
-                try:
-                    _raise_if_fatal(fatal, optimizer, getattr(optimizer.backend, "endpoint", None))
-                except CliError as error:
-                    raise CliError(
-                        f"{error.message} ({written} lines written to {output}; rerun the same "
-                        "command to resume)",
-                        error.code,
-                    ) from None
+                counts["written"] += 1
+                counts["fell_back"] += result.fell_back
+                counts["timed_out"] += result.fell_back and reason.startswith("timeout")
+                rate = counts["written"] / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:.2f} prompts/s")
+        finally:
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return None
+
+    with progress, JsonlWriter(output) as writer:
+        fatal = asyncio.run(run(writer))
+    if fatal is not None:
+        try:
+            _raise_if_fatal(fatal, optimizer, getattr(optimizer.backend, "endpoint", None))
+        except CliError as error:
+            raise CliError(
+                f"{error.message} ({counts['written']} lines written to {output}; rerun the same "
+                "command to resume)",
+                error.code,
+            ) from None
     summary = {
         "output": str(output),
-        "written": written,
+        "written": counts["written"],
         "skipped": skipped,
-        "fell_back": fell_back,
+        "fell_back": counts["fell_back"],
+        "timed_out": counts["timed_out"],
         "total": len(lines),
     }
     if json_output:
         typer.echo(json.dumps(summary))
     else:
+        timed_out = f", {counts['timed_out']} ran out of time" if counts["timed_out"] else ""
         typer.echo(
-            f"{written} optimized ({fell_back} kept the original), {skipped} already done -> "
-            f"{output}",
+            f"{counts['written']} optimized ({counts['fell_back']} kept the original{timed_out}), "
+            f"{skipped} already done -> {output}",
             err=True,
         )
 

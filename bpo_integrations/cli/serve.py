@@ -46,23 +46,28 @@ def serve(
     host: str = _option("host"),
     port: int = _option("port"),
     api_key: str | None = _option("api_key"),
-    device: str | None = _option("device"),
-    dtype: str | None = _option("dtype"),
+    precision: str = _option("precision"),
+    length_rule: bool | None = typer.Option(
+        None,
+        "--length-rule/--no-length-rule",
+        help=_HELP["length_rule"],
+        envvar="BPO_LENGTH_RULE",
+        show_default=False,
+    ),
     max_input_tokens: int | None = _option("max_input_tokens"),
     max_total_tokens: int | None = _option("max_total_tokens"),
     max_new_tokens: int = _option("max_new_tokens"),
     max_batch_size: int = _option("max_batch_size"),
-    batch_wait_ms: float = _option("batch_wait_ms"),
     max_queue: int = _option("max_queue", "--max-concurrent-requests"),
     max_stop_sequences: int = _option("max_stop_sequences"),
-    max_top_n_tokens: int = _option("max_top_n_tokens"),
     graceful_shutdown_s: float = _option("graceful_shutdown_s"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
 ) -> None:
     """Serve the optimizer model with TGI's HTTP API (and OpenAI's), on CPU or GPU.
 
     Clients of TGI (huggingface_hub's InferenceClient, the openai client, this project's tgi and
-    openai backends) work against it unchanged. Concurrent requests share batched generations.
+    openai backends) work against it unchanged. Concurrent requests are decoded together by the
+    engine's continuous batching.
     """
     from bpo_integrations.cli._common import RUNTIME_ERROR, USAGE_ERROR, fail
     from bpo_integrations.errors import BackendError
@@ -75,16 +80,14 @@ def serve(
             host=host,
             port=port,
             api_key=api_key,
-            device=device,
-            dtype=dtype,
+            precision=precision,
+            length_rule=length_rule,
             max_input_tokens=max_input_tokens,
             max_total_tokens=max_total_tokens,
             max_new_tokens=max_new_tokens,
             max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
             max_queue=max_queue,
             max_stop_sequences=max_stop_sequences,
-            max_top_n_tokens=max_top_n_tokens,
             graceful_shutdown_s=graceful_shutdown_s,
         )
     except ValueError as error:

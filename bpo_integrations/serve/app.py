@@ -126,7 +126,6 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         max_total_tokens=max_total,
         default_max_new_tokens=config.max_new_tokens,
         max_stop_sequences=config.max_stop_sequences,
-        max_top_n_tokens=config.max_top_n_tokens,
         max_client_batch_size=config.max_batch_size,
         model_id=model_id,
         adapter=config.adapter,
@@ -249,9 +248,6 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
             special=info.special,
         )
 
-    def tgi_top(info: TokenInfo) -> list[schemas.Token]:
-        return [tgi_token(alt) for alt in info.top]
-
     # -- TGI routes -----------------------------------------------------------------------------
 
     def generate_response(
@@ -275,9 +271,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
                 seed=completion.seed,
                 prefill=prefill,
                 tokens=[tgi_token(t) for t in completion.tokens],
-                top_tokens=[tgi_top(t) for t in completion.tokens]
-                if parameters.top_n_tokens
-                else None,
+                top_tokens=None,
             )
         return schemas.GenerateResponse(generated_text=text, details=details)
 
@@ -293,10 +287,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         slot = admission.acquire()
 
         def event(index: int, token: TokenInfo, **final: Any) -> str:
-            top = tgi_top(token) if params.top_n_tokens else None
-            return _sse(
-                schemas.StreamResponse(index=index, token=tgi_token(token), top_tokens=top, **final)
-            )
+            return _sse(schemas.StreamResponse(index=index, token=tgi_token(token), **final))
 
         async def events() -> AsyncGenerator[str, None]:
             # each token is sent once the next one exists: TGI's last event carries the details
@@ -399,10 +390,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
                 schemas.ChatCompletionLogprob(
                     token=t.text,
                     logprob=t.logprob if t.logprob is not None else 0.0,
-                    top_logprobs=[
-                        schemas.ChatCompletionTopLogprob(token=a.text, logprob=a.logprob or 0.0)
-                        for a in t.top
-                    ],
+                    top_logprobs=[],
                 )
                 for t in tokens
                 if not t.special
@@ -565,7 +553,7 @@ def _sse(data: BaseModel | dict[str, Any]) -> str:
 
 
 class _BatchStats:
-    """A Prometheus collector over the backend's batch counters, read at scrape time."""
+    """A Prometheus collector over the engine's counters, read at scrape time."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -573,37 +561,22 @@ class _BatchStats:
     def collect(self) -> Any:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        stats = dict(getattr(self.engine.backend, "stats", {}) or {})
-        streams = self.engine.streams_run
-        batches = CounterMetricFamily(
-            "bpo_serve_batches",
-            "Batched generations run (model.generate calls; a stream is a batch of one).",
+        stats = self.engine.stats
+        steps = CounterMetricFamily(
+            "bpo_serve_engine_steps", "Scheduler steps the engine ran (each decodes every request)."
         )
-        batches.add_metric([], stats.get("batches", 0) + streams)
-        rows = CounterMetricFamily(
-            "bpo_serve_batch_rows",
-            "Sequences generated in those batches; rows / batches is the mean batch size.",
+        steps.add_metric([], stats.get("steps", 0))
+        requests = CounterMetricFamily("bpo_serve_engine_requests", "Requests given to the engine.")
+        requests.add_metric([], stats.get("requests", 0))
+        generated = CounterMetricFamily(
+            "bpo_serve_engine_generated_tokens", "Tokens the engine generated."
         )
-        rows.add_metric([], stats.get("rows", 0) + streams)
+        generated.add_metric([], stats.get("generated_tokens", 0))
         largest = GaugeMetricFamily(
-            "bpo_serve_max_batch_size", "The largest batch generated so far, in sequences."
+            "bpo_serve_max_batch_size", "The most requests the engine decoded together so far."
         )
-        largest.add_metric([], max(stats.get("max_batch_rows", 0), 1 if streams else 0))
-        running = GaugeMetricFamily(
-            "bpo_serve_streams_running", "Token-by-token generations running now (0 or 1)."
-        )
-        running.add_metric([], self.engine.streams_running)
-        joined = CounterMetricFamily(
-            "bpo_serve_joined_rows",
-            "Sequences that joined a batch already generating (between its decoding segments).",
-        )
-        joined.add_metric([], stats.get("joined_rows", 0))
-        reused = CounterMetricFamily(
-            "bpo_serve_prefix_tokens_reused",
-            "Prompt tokens not prefilled again because the sequences of a batch share them.",
-        )
-        reused.add_metric([], stats.get("prefix_tokens_reused", 0))
-        yield from (batches, rows, largest, running, joined, reused)
+        largest.add_metric([], stats.get("max_running", 0))
+        yield from (steps, requests, generated, largest)
 
     def describe(self) -> list[Any]:
         return []

@@ -36,11 +36,16 @@ class ServeConfig:
         default=None,
         metadata={"help": "Require 'Authorization: Bearer KEY' on every route but /health."},
     )
-    device: str | None = field(
-        default=None, metadata={"help": "torch device (cpu, cuda, mps); default: best available."}
+    precision: str = field(
+        default="f16",
+        metadata={"help": "How the prepared model stores its weights: f16, q8_0 or q4_0."},
     )
-    dtype: str | None = field(
-        default=None, metadata={"help": "torch dtype (float32, bfloat16, float16); default: auto."}
+    length_rule: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Make raw BPO-template requests write at least as many tokens as their prompt "
+            "(the model's own decoding rule); default: on for the default optimizer."
+        },
     )
     max_input_tokens: int | None = field(
         default=None, metadata={"help": "Longest prompt accepted, in tokens (TGI's flag)."}
@@ -54,11 +59,7 @@ class ServeConfig:
         metadata={"help": "New tokens when a request does not say (clamped to the limit)."},
     )
     max_batch_size: int = field(
-        default=16, metadata={"help": "Most requests gathered into one batched generation."}
-    )
-    batch_wait_ms: float = field(
-        default=5.0,
-        metadata={"help": "How long the first request of a batch waits for others to join."},
+        default=16, metadata={"help": "Most requests the engine decodes together."}
     )
     max_queue: int = field(
         default=128,
@@ -66,9 +67,6 @@ class ServeConfig:
     )
     max_stop_sequences: int = field(
         default=4, metadata={"help": "Most stop sequences per request (TGI's flag)."}
-    )
-    max_top_n_tokens: int = field(
-        default=5, metadata={"help": "Most alternatives per token in top_n_tokens / top_logprobs."}
     )
     graceful_shutdown_s: float = field(
         default=30.0,
@@ -86,10 +84,14 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
-        if self.max_stop_sequences < 0 or self.max_top_n_tokens < 0:
-            raise ValueError("max_stop_sequences and max_top_n_tokens must be >= 0")
+        if self.max_stop_sequences < 0:
+            raise ValueError("max_stop_sequences must be >= 0")
+        from bpo_integrations.inference.gguf_files import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: pass a real key, or none to disable authentication")
         if self.max_input_tokens is not None and self.max_total_tokens is not None:

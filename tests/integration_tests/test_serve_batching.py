@@ -1,4 +1,4 @@
-"""Concurrent requests to ``bpo serve`` share batched generations, and batching changes no answer."""
+"""Concurrent requests to ``bpo serve`` are decoded together, and batching changes no answer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-pytest.importorskip("torch")
+pytest.importorskip("openvino_genai")
 
 import httpx
 
@@ -22,9 +22,7 @@ CLIENTS = 8
 
 @pytest.fixture(scope="module")
 def url(tiny_llama_dir: Path) -> Iterator[str]:
-    config = ServeConfig(
-        model=str(tiny_llama_dir), max_batch_size=CLIENTS, batch_wait_ms=300, max_queue=64
-    )
+    config = ServeConfig(model=str(tiny_llama_dir), max_batch_size=CLIENTS, max_queue=64)
     with serve_in_thread(build_app(config)) as base_url:
         yield base_url
 
@@ -36,11 +34,11 @@ def _counter(url: str, name: str) -> float:
     return float(match.group(1))
 
 
-async def _generate_concurrently(url: str, prompts: list[str]) -> list[str]:
+async def _generate_concurrently(url: str, prompts: list[str], tokens: int) -> list[str]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def one(prompt: str) -> str:
-            body = {"inputs": prompt, "parameters": {"max_new_tokens": 8}}
+            body = {"inputs": prompt, "parameters": {"max_new_tokens": tokens}}
             response = await client.post("/generate", json=body)
             assert response.status_code == 200, response.text
             return response.json()["generated_text"]
@@ -48,22 +46,16 @@ async def _generate_concurrently(url: str, prompts: list[str]) -> list[str]:
         return await asyncio.gather(*(one(p) for p in prompts))
 
 
-def test_concurrent_requests_are_gathered_into_one_batch(url: str) -> None:
+def test_concurrent_requests_are_decoded_together(url: str) -> None:
     prompt = "Tell me about Harry Potter"
     alone = httpx.post(
-        f"{url}/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": 8}}, timeout=60
+        f"{url}/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": 48}}, timeout=60
     ).json()["generated_text"]
-    batches_before = _counter(url, "bpo_serve_batches_total")
-    rows_before = _counter(url, "bpo_serve_batch_rows_total")
-    reused_before = _counter(url, "bpo_serve_prefix_tokens_reused_total")
+    steps_before = _counter(url, "bpo_serve_engine_steps_total")
 
-    texts = asyncio.run(_generate_concurrently(url, [prompt] * CLIENTS))
+    texts = asyncio.run(_generate_concurrently(url, [prompt] * CLIENTS, 48))
 
-    assert texts == [alone] * CLIENTS  # greedy rows in a batch decode as they do alone
-    batches = _counter(url, "bpo_serve_batches_total") - batches_before
-    rows = _counter(url, "bpo_serve_batch_rows_total") - rows_before
-    assert rows == CLIENTS
-    assert batches <= 2, f"{CLIENTS} concurrent requests took {batches} generations"
+    assert texts == [alone] * CLIENTS  # greedy requests decoded together answer as alone
+    steps = _counter(url, "bpo_serve_engine_steps_total") - steps_before
+    assert steps < CLIENTS * 48 / 2, f"{CLIENTS} requests of 48 tokens took {steps} steps"
     assert _counter(url, "bpo_serve_max_batch_size") >= CLIENTS / 2
-    # the rows of a batch (and rows that join it) prefill the template they share once
-    assert _counter(url, "bpo_serve_prefix_tokens_reused_total") > reused_before

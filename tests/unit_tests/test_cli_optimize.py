@@ -29,7 +29,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def stopping_llama(tmp_path_factory: pytest.TempPathFactory, bpo_val_records: list[dict]) -> Path:
-    """A tiny random Llama whose generation config ends its rewrites after two or three tokens.
+    """A tiny random Llama whose generation config ends its rewrites after two or three tokens
+    (greedy, and sampled with seed 5).
 
     A random model never writes its eos, so every rewrite would run to the token limit and be
     rejected by the guards; making the tokens it writes third an eos gives short, accepted
@@ -40,8 +41,10 @@ def stopping_llama(tmp_path_factory: pytest.TempPathFactory, bpo_val_records: li
     path = build_tiny_llama(tmp_path_factory.mktemp("stopping-llama"), seed=1, hidden_size=64)
     backend = LocalBackend(path)
     greedy = GenerationSettings.for_mode("greedy", max_new_tokens=4)
+    sampled = GenerationSettings.for_mode("stable", max_new_tokens=4, seed=5)
     prompts = PROMPTS + [r["instruction"] for r in bpo_val_records[:8]]
     outputs = [g.extra["token_ids"] for g in backend.generate(prompts, greedy)]
+    outputs += [g.extra["token_ids"] for g in backend.generate(PROMPTS, sampled)]
     backend.close()
     early = {ids[0] for ids in outputs} | {ids[1] for ids in outputs}
     stops = sorted({ids[2] for ids in outputs} - early)
@@ -216,6 +219,7 @@ def test_resume_skips_finished_lines_and_drops_a_cut_off_one(
         "written": len(records) - 3,
         "skipped": 3,
         "fell_back": summary["fell_back"],
+        "timed_out": 0,
         "total": len(records),
     }
     lines = read_jsonl(out)  # every line parses: the cut-off fragment is gone
@@ -345,7 +349,7 @@ def test_unreachable_endpoint_is_an_error_not_an_echo(tmp_path: Path) -> None:
     ("model", "fragments"),
     [
         ("/nonexistent/bpo-model", ["cannot load the optimizer model", "does not exist"]),
-        ("THUDM/BPO", ["'THUDM/BPO'", "HF_HUB_OFFLINE=1"]),
+        ("THUDM/BPO", ["'THUDM/BPO'", "optimum-intel", "optimum-cli export openvino"]),
     ],
 )
 def test_missing_model_is_a_clear_error(model: str, fragments: list[str]) -> None:
@@ -365,7 +369,7 @@ def test_missing_model_is_a_clear_error(model: str, fragments: list[str]) -> Non
         (["x", "--backend", "openai", "--endpoint", "http://h/v1"], ["needs --model"]),
         (["x", "--backend", "openai", "--model", "m", "--adapter", "a"], ["--adapter only"]),
         (["x", "--endpoint", "http://h"], ["--endpoint is for --backend tgi or openai"]),
-        (["x", "--dtype", "int3"], ["unknown dtype 'int3'"]),
+        (["x", "--precision", "int3"], ["precision must be one of f16, q8_0, q4_0"]),
         (["x", "-i", "in.jsonl", "-o", "out.jsonl"], ["either a prompt or --input"]),
         (["-i", "in.jsonl"], ["--input and --output go together"]),
     ],
@@ -393,3 +397,42 @@ def test_installed_bpo_script_runs_the_file_mode(stopping_llama: Path, tmp_path:
     assert run.returncode == 0, run.stderr
     assert [line["id"] for line in read_jsonl(out)] == list(range(len(PROMPTS)))
     assert "4 optimized" in run.stderr
+
+
+def test_a_prompt_that_runs_out_of_time_is_written_and_the_job_goes_on(tmp_path: Path) -> None:
+    from bpo_integrations.testing.servers import Fault, ScriptedServer, hf_inference_online
+
+    words = ["sky", "sea", "tea", "cats", "rain", "maps"]
+    records = [{"id": i, "prompt": f"Tell me about {w}"} for i, w in enumerate(words)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    with ScriptedServer(lambda text: "A clearer question, step by step.") as server:
+        server.inject(Fault("hang", seconds=5))  # the first request waits past its budget
+        with hf_inference_online():
+            result = runner.invoke(
+                app,
+                [
+                    "optimize",
+                    "-i",
+                    str(source),
+                    "-o",
+                    str(out),
+                    "--backend",
+                    "tgi",
+                    "--endpoint",
+                    server.url,
+                    "--timeout",
+                    "1",
+                    "--concurrency",
+                    "2",
+                    "--json",
+                ],
+            )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 6 and summary["timed_out"] == 1
+    lines = read_jsonl(out)
+    assert sorted(line["id"] for line in lines) == list(range(6))  # every line, once
+    late = [line for line in lines if line["result"]["fell_back"]]
+    assert len(late) == 1 and late[0]["result"]["fallback_reason"].startswith("timeout")
+    assert late[0]["optimized"] == late[0]["prompt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from bpo_integrations.models import (
     DEFAULT_MODEL_GGUF,
     DefaultModelUnavailableError,
     cache_dir,
+    default_adapter_path,
     default_model_gguf,
     default_model_path,
     ensure_default_model,
@@ -74,20 +76,18 @@ def test_optimizer_without_a_backend_uses_the_default_local_model() -> None:
     assert not optimizer.backend.loaded  # type: ignore[attr-defined]  # lazy: nothing loaded yet
 
 
-def test_the_paper_model_offline_is_a_clear_error_not_a_hang() -> None:
-    pytest.importorskip("transformers")
-    from huggingface_hub import constants
-
+def test_the_paper_model_names_its_conversion_not_a_hang() -> None:
+    pytest.importorskip("openvino_genai")
     from bpo_integrations.backends.local import LocalBackend
 
-    if not constants.HF_HUB_OFFLINE:
-        pytest.skip("needs HF_HUB_OFFLINE=1 (set by conftest.py)")
+    if importlib.util.find_spec("optimum") is not None:
+        pytest.skip("optimum-intel is installed: the hub model would be converted")
     started = time.perf_counter()
     with pytest.raises(BackendError) as raised:
         LocalBackend("THUDM/BPO").load()
     message = str(raised.value)
-    assert "'THUDM/BPO'" in message and "HF_HUB_OFFLINE=1" in message
-    assert "hf download THUDM/BPO" in message
+    assert "'THUDM/BPO'" in message and "optimum-intel" in message
+    assert "optimum-cli export openvino --model THUDM/BPO" in message
     assert time.perf_counter() - started < 30
 
 
@@ -126,20 +126,18 @@ def test_conversion_writes_a_plain_model_folder_atomically(converted: Path) -> N
 
 
 @pytest.mark.slow  # needs the conversion above
-def test_default_local_backend_loads_the_converted_model_and_generates(
+def test_the_converted_folder_runs_on_the_engine_from_its_gguf(
     converted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bpo_integrations.backends.local import LocalBackend
 
     monkeypatch.setenv("BPO_CACHE_DIR", str(converted.parent.parent))
-    backend = LocalBackend()
+    backend = LocalBackend(converted, adapter=default_adapter_path())
     try:
-        started = time.perf_counter()
         backend.load()
-        assert time.perf_counter() - started < 20  # a plain folder: no GGUF de-quantizing
-        assert backend.resolved_model == str(converted)
+        # the folder says which GGUF it came from: the engine reads that, merged with the adapter
+        assert backend.resolved_model == str(default_model_gguf())
         assert backend.template_kind == "bpo"  # the shipped adapter's training template
-        assert not getattr(backend.model, "is_quantized", False)
         greedy = GenerationSettings.for_mode("greedy", max_new_tokens=6)
         generation = backend.generate(["Tell me about Harry Potter"], greedy)[0]
         assert generation.generated_tokens is not None and 1 <= generation.generated_tokens <= 6

@@ -1,73 +1,90 @@
-"""The serve engine's token-by-token path shares the backend's worker thread with its batches."""
+"""The serve engine: streams and plain requests are requests of one continuous-batching engine."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("openvino_genai")
 
 from bpo_integrations.backends.local import LocalBackend
-from bpo_integrations.serve.engine import Completion, Engine, SamplingParams
-from bpo_integrations.settings import GenerationSettings
+from bpo_integrations.serve.engine import Completion, Engine, SamplingParams, TokenInfo
+from bpo_integrations.template import format_bpo_prompt
 
 
-async def _stream(engine: Engine, text: str, max_new_tokens: int) -> Completion:
-    items = [
-        item async for item in engine.stream(engine.encode(text), SamplingParams(max_new_tokens))
-    ]
-    assert isinstance(items[-1], Completion)
-    return items[-1]
+async def _stream(engine: Engine, text: str, max_new_tokens: int) -> list[TokenInfo | Completion]:
+    params = SamplingParams(max_new_tokens)
+    return [item async for item in engine.stream(engine.encode(text), params)]
 
 
-def test_streams_and_batches_run_the_model_on_one_thread(tiny_llama_dir: Path) -> None:
-    # on CPU a second thread running torch gets a second OpenMP pool, which slows every batch
-    engine = Engine(LocalBackend(tiny_llama_dir, device="cpu"))
-    threads: set[str] = set()
-    engine.model.register_forward_hook(lambda *_: threads.add(threading.current_thread().name))
-    greedy = GenerationSettings.for_mode("greedy", max_new_tokens=4)
+@pytest.fixture(scope="module")
+def engine(tiny_llama_dir: Path):
+    engine = Engine(LocalBackend(tiny_llama_dir / "tiny.gguf"))
+    yield engine
+    engine.close()
 
-    async def scenario() -> tuple[Completion, Any]:
-        return await asyncio.gather(
+
+def test_streams_and_plain_requests_share_the_engine(engine: Engine) -> None:
+    async def scenario() -> tuple[list[TokenInfo | Completion], Completion]:
+        streamed, plain = await asyncio.gather(
             _stream(engine, "Tell me about Harry Potter", 6),
-            engine.backend.agenerate(["Hi", "Why is the sky blue?"], greedy),
+            engine.generate(engine.encode("Why is the sky blue?"), SamplingParams(6)),
         )
+        return streamed, plain
 
-    try:
-        streamed, batched = asyncio.run(scenario())
-        assert streamed.generated_tokens == 6 and len(batched) == 2
-        assert threads == {"bpo-local-backend"}
-        assert engine.streams_run == 1 and engine.streams_running == 0
-    finally:
-        engine.close()
+    before = engine.stats["requests"]
+    streamed, plain = asyncio.run(scenario())
+    tokens, completion = streamed[:-1], streamed[-1]
+    assert isinstance(completion, Completion) and len(tokens) == 6
+    assert completion.text == "".join(t.text for t in tokens if isinstance(t, TokenInfo))
+    assert plain.generated_tokens == 6
+    assert engine.stats["requests"] - before == 2
+    assert all(isinstance(t, TokenInfo) and t.logprob is not None for t in tokens)
 
 
-def test_a_stream_dropped_while_queued_never_runs(tiny_llama_dir: Path) -> None:
-    engine = Engine(LocalBackend(tiny_llama_dir, device="cpu"))
-    release = threading.Event()
-
+def test_a_stream_closed_early_cancels_its_request(engine: Engine) -> None:
     async def scenario() -> None:
-        busy = asyncio.ensure_future(engine.backend.arun_in_worker(lambda: release.wait(10)))
-        tokens = engine.stream(engine.encode("Hi"), SamplingParams(max_new_tokens=4))
-        first = asyncio.ensure_future(anext(tokens))
-        await asyncio.sleep(0.05)  # queued behind the busy call: the client hangs up
-        first.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        await tokens.aclose()
-        release.set()
-        await busy
-        await engine.backend.arun_in_worker(lambda: None)
+        stream = engine.stream(engine.encode("Hi"), SamplingParams(max_new_tokens=2000))
+        first = await anext(stream)
+        assert isinstance(first, TokenInfo)
+        await stream.aclose()  # the client hung up
 
+    asyncio.run(scenario())
+    generated = engine.stats["generated_tokens"]
+    again = asyncio.run(_stream(engine, "Hi", 4))  # the engine goes on, the stopped one is gone
+    assert len(again) == 5
+    assert engine.stats["generated_tokens"] - generated < 200
+
+
+def test_the_length_rule_applies_to_bpo_template_prompts_only(engine: Engine) -> None:
+    ruled = Engine(engine.backend, length_rule=True)  # the same loaded backend
+    prompt = "Why is the sky blue? Explain it to a child."
+    minimum = len(engine.model.encode(prompt)) + 5
+    request = ruled._submit(ruled.encode(format_bpo_prompt(prompt)), SamplingParams(64))
+    assert len(request.result().token_ids) >= minimum
+    plain = ruled._submit(ruled.encode(prompt), SamplingParams(64))
+    assert plain.result().token_ids  # raw text: no minimum asked (the model may stop any time)
+
+
+def test_a_model_trained_on_the_bpo_template_reads_chat_messages_as_that_template(
+    tiny_llama_dir: Path,
+) -> None:
+    import json
+    import shutil
+    import tempfile
+
+    from bpo_integrations.inference.prepare import prepare_model
+    from bpo_integrations.template import BPO_TEMPLATE, format_bpo_message
+
+    folder = Path(tempfile.mkdtemp())
+    shutil.copytree(prepare_model(tiny_llama_dir / "tiny.gguf").path, folder, dirs_exist_ok=True)
+    (folder / "bpo_training.json").write_text(json.dumps({"template": BPO_TEMPLATE}))
+    engine = Engine(LocalBackend(folder))
     try:
-        asyncio.run(scenario())
-        assert engine.streams_run == 0
-        streamed = asyncio.run(_stream(engine, "Hi", 4))  # the next stream runs as usual
-        assert streamed.generated_tokens == 4 and engine.streams_run == 1
+        message = format_bpo_message("Tell me about Harry Potter")
+        rendered = engine.chat_prompt([{"role": "user", "content": message}])
+        assert rendered == format_bpo_prompt("Tell me about Harry Potter")
     finally:
         engine.close()

@@ -1,0 +1,318 @@
+"""OpenVINO GenAI as the in-process engine: continuous batching on the CPU.
+
+OpenVINO GenAI's ``ContinuousBatchingPipeline`` schedules the requests it holds (paged attention,
+prefix caching of the BPO template the requests share, per-request sampling with a seed, stop
+strings and minimum lengths). Its serving pattern is one thread that adds the requests handed to
+it and calls ``step()`` while any is unfinished, reading each request's new tokens from its
+handle; that thread is :class:`OpenVINOEngine`'s. ``openvino_genai`` is imported when an engine is
+made, never by ``import bpo_integrations``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import secrets
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bpo_integrations.inference.engine import (
+    Completion,
+    EngineClosedError,
+    EngineRequest,
+    FinishReason,
+    SamplingParams,
+    TokenStep,
+    split_at_stop,
+)
+
+_log = logging.getLogger(__name__)
+
+
+class OpenVINOEngine:
+    """A prepared OpenVINO model folder, served to many threads through continuous batching.
+
+    Args:
+        path: a folder with ``openvino_model.xml`` and its tokenizer (see
+            :func:`~bpo_integrations.inference.prepare.prepare_model`).
+        max_batch_size: the most requests decoded together (the scheduler's ``max_num_seqs``).
+        max_batched_tokens: the most tokens one step processes (long prompts are prefilled in
+            chunks of this size while other requests keep decoding).
+        kv_cache_gb: memory for the paged KV cache, in GB.
+        prefix_caching: reuse the KV cache of a prompt prefix another request already computed
+            (every BPO request starts with the same template).
+        compiled_cache: a folder where OpenVINO keeps the compiled model, so later loads skip
+            compilation; ``None`` compiles at every load.
+        device: the OpenVINO device (``"CPU"``, or ``"GPU"`` for an Intel GPU).
+
+    Example:
+        >>> from bpo_integrations.inference.engine import SamplingParams
+        >>> from bpo_integrations.inference.prepare import prepare_model
+        >>> engine = OpenVINOEngine(prepare_model().path)  # doctest: +SKIP
+        >>> ids = engine.encode("[INST] ... Tell me about Harry Potter [/INST]")  # doctest: +SKIP
+        >>> completion = engine.submit(ids, SamplingParams(32)).result()  # doctest: +SKIP
+        >>> engine.decode(completion.token_ids)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_batch_size: int = 16,
+        max_batched_tokens: int = 1024,
+        kv_cache_gb: int = 1,
+        prefix_caching: bool = True,
+        compiled_cache: str | Path | None = None,
+        device: str = "CPU",
+    ) -> None:
+        import openvino_genai
+
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._genai = openvino_genai
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.max_num_seqs = max_batch_size
+        scheduler.max_num_batched_tokens = max_batched_tokens
+        scheduler.cache_size = kv_cache_gb
+        scheduler.enable_prefix_caching = prefix_caching
+        # float32 arithmetic everywhere: on CPUs with AMX or AVX512-BF16 OpenVINO would otherwise
+        # compute in bfloat16 and greedy rewrites would depend on the machine.
+        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+        if compiled_cache is not None:
+            properties["CACHE_DIR"] = str(compiled_cache)
+        self.path = Path(path)
+        self.max_batch_size = max_batch_size
+        self._pipeline = openvino_genai.ContinuousBatchingPipeline(
+            str(self.path), scheduler, device, properties
+        )
+        self._tokenizer = self._pipeline.get_tokenizer()
+        self._tokenizer_lock = threading.Lock()
+        defaults = self._pipeline.get_config()  # the model's generation_config.json, if any
+        eos = {int(self._tokenizer.get_eos_token_id()), *map(int, defaults.stop_token_ids)}
+        self.eos_token_ids: tuple[int, ...] = tuple(sorted(eos))
+        self.max_positions: int | None = None
+        self._ids = itertools.count()
+        self._inbox: queue.SimpleQueue[tuple[EngineRequest, list[int], SamplingParams] | None] = (
+            queue.SimpleQueue()
+        )
+        self._stats_lock = threading.Lock()
+        self._stats = {"requests": 0, "steps": 0, "generated_tokens": 0, "max_running": 0}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="bpo-openvino-engine", daemon=True)
+        self._thread.start()
+
+    # -- tokenizer ------------------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        with self._tokenizer_lock:
+            encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return [int(i) for i in encoded.input_ids.data[0]]
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        if not ids:
+            return ""
+        with self._tokenizer_lock:
+            return str(
+                self._tokenizer.decode(
+                    [int(i) for i in ids], skip_special_tokens=skip_special_tokens
+                )
+            )
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._tokenizer.chat_template)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        with self._tokenizer_lock:
+            return str(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> EngineRequest:
+        """Hand a request to the engine's thread; read it from the returned handle."""
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        request = EngineRequest(next(self._ids), len(prompt_ids))
+        self._inbox.put((request, [int(i) for i in prompt_ids], params))
+        return request
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``requests``, ``steps`` (scheduler steps run), ``generated_tokens`` and
+        ``max_running`` (the most requests in flight at once)."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def close(self) -> None:
+        """Stop the engine's thread; unfinished requests fail with :class:`EngineClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(None)
+        self._thread.join()
+
+    # -- the engine's thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        running: dict[EngineRequest, _Running] = {}
+        closing = False
+        while not closing:
+            try:
+                item = self._inbox.get(block=not running)
+            except queue.Empty:
+                item = False
+            while item is not False:
+                if item is None:
+                    closing = True
+                    break
+                self._add(*item, running)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = False
+            if closing or not running:
+                continue
+            for request, state in list(running.items()):
+                if request.cancelled:
+                    state.handle.stop()
+            try:
+                self._pipeline.step()
+            except Exception as error:  # a broken model or an out-of-memory: fail what runs
+                _log.exception("OpenVINO GenAI step failed")
+                for request in running:
+                    request._finish(None, error)
+                running.clear()
+                continue
+            self._count("steps")
+            for request, state in list(running.items()):
+                if state.read(request):
+                    del running[request]
+        for request in running:
+            request._finish(None, EngineClosedError("the engine was closed"))
+        self._drain_inbox()
+
+    def _add(
+        self,
+        request: EngineRequest,
+        ids: list[int],
+        params: SamplingParams,
+        running: dict[EngineRequest, _Running],
+    ) -> None:
+        if request.cancelled:
+            request._finish(Completion((), "length", request.prompt_tokens))
+            return
+        import numpy as np
+        import openvino
+
+        try:
+            tensor = openvino.Tensor(np.asarray([ids], dtype=np.int64))
+            handle = self._pipeline.add_request(
+                request.request_id, tensor, self._generation_config(params)
+            )
+        except Exception as error:
+            request._finish(None, error)
+            return
+        running[request] = _Running(handle, params, self)
+        with self._stats_lock:
+            self._stats["requests"] += 1
+            self._stats["max_running"] = max(self._stats["max_running"], len(running))
+
+    def _generation_config(self, params: SamplingParams) -> Any:
+        config = self._genai.GenerationConfig()
+        config.stop_token_ids = set(self.eos_token_ids)
+        config.max_new_tokens = params.max_new_tokens
+        config.min_new_tokens = params.min_new_tokens
+        config.do_sample = params.do_sample
+        if params.do_sample:
+            config.temperature = params.temperature
+            config.top_p = params.top_p
+            config.top_k = params.top_k or 0
+            # OpenVINO GenAI's default seed is fixed: an unseeded request gets a fresh one
+            config.rng_seed = params.seed if params.seed is not None else secrets.randbits(31)
+        config.repetition_penalty = params.repetition_penalty
+        config.presence_penalty = params.presence_penalty
+        config.frequency_penalty = params.frequency_penalty
+        if params.stop:
+            config.stop_strings = set(params.stop)
+            config.include_stop_str_in_output = True
+        if params.logprobs:
+            config.logprobs = 1
+        return config
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[name] += amount
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item[0]._finish(None, EngineClosedError("the engine was closed"))
+
+
+class _Running:
+    """A request inside the pipeline: its handle and what it produced so far."""
+
+    def __init__(self, handle: Any, params: SamplingParams, engine: OpenVINOEngine) -> None:
+        self.handle = handle
+        self.params = params
+        self.engine = engine
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish: Any = None
+
+    def read(self, request: EngineRequest) -> bool:
+        """Pass new tokens on; ``True`` once the request has finished."""
+        genai = self.engine._genai
+        if self.handle.can_read():
+            for output in self.handle.read().values():
+                fresh = [int(i) for i in output.generated_ids]
+                if fresh:
+                    probs = (
+                        [float(p) for p in output.generated_log_probs]
+                        if self.params.logprobs
+                        else []
+                    )
+                    self.ids.extend(fresh)
+                    self.logprobs.extend(probs)
+                    self.engine._count("generated_tokens", len(fresh))
+                    request._push(TokenStep(tuple(fresh), tuple(probs)))
+                if output.finish_reason != genai.GenerationFinishReason.NONE:
+                    self.finish = output.finish_reason
+        status = self.handle.get_status()
+        if status == genai.GenerationStatus.RUNNING:
+            return False
+        if status == genai.GenerationStatus.IGNORED:
+            request._finish(
+                None,
+                ValueError(
+                    f"the request ({request.prompt_tokens} prompt tokens) does not fit the "
+                    "engine's KV cache"
+                ),
+            )
+            return True
+        reason, stop = self._finish_reason()
+        request._finish(
+            Completion(tuple(self.ids), reason, request.prompt_tokens, tuple(self.logprobs), stop)
+        )
+        return True
+
+    def _finish_reason(self) -> tuple[FinishReason, str | None]:
+        genai = self.engine._genai
+        if self.finish == genai.GenerationFinishReason.LENGTH:
+            return "length", None
+        if self.ids and self.ids[-1] in self.engine.eos_token_ids:
+            return "eos_token", None
+        if self.params.stop and self.finish == genai.GenerationFinishReason.STOP:
+            text = self.engine.decode(self.ids, skip_special_tokens=False)
+            _, stop = split_at_stop(text, self.params.stop)
+            return "stop_sequence", stop or self.params.stop[0]
+        if len(self.ids) >= self.params.max_new_tokens:
+            return "length", None
+        return "eos_token", None
