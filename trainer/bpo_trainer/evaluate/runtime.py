@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
-from bpo_integrations.errors import BackendUnavailableError, TransientBackendError
 from bpo_integrations.jsonl import read_jsonl
+from bpo_trainer.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -173,26 +171,14 @@ class RunState(Generic[C]):
         return " | ".join(parts)
 
     async def call(self, limiter: CallLimiter, fn: Callable[[], Awaitable[T]]) -> T:
-        """``fn()`` under the limiter, retried on transient errors with backoff (Retry-After)."""
-        cap = self.config.retry_max_wait
+        """``fn()`` under the limiter, retried on transient errors (:mod:`bpo_trainer.retry`)."""
+        policy = RetryPolicy(self.config.max_retries, max_wait=self.config.retry_max_wait)
 
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            hinted = getattr(error, "retry_after", None)
-            backoff = 0.5 * 2 ** (state.attempt_number - 1)
-            return min(hinted if hinted is not None else backoff, cap)
+        async def limited() -> T:
+            async with limiter.slot():
+                return await fn()
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait,
-            retry=retry_if_exception_type((TransientBackendError, BackendUnavailableError)),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                async with limiter.slot():
-                    return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await policy.call(limited)
 
     @contextlib.contextmanager
     def progress_task(self, label: str, total: int) -> Iterator[Callable[[], None]]:
