@@ -27,7 +27,7 @@ from typing import Any, Literal
 from bpo_integrations.drpo import ArtifactError, DRPOAligner, alignment_messages
 from bpo_trainer.drpo.eval_report import write_report
 from bpo_trainer.drpo.just_eval import MULTI_ASPECTS, SAFETY_ASPECTS, just_eval_messages
-from bpo_trainer.drpo.prompts import parse_scores
+from bpo_trainer.drpo.parsing import parse_scores
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.evaluate.chat import ChatModel, ChatReply, SamplingParams
 from bpo_trainer.evaluate.config import settings_hash
