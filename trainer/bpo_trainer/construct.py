@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from rich.progress import (
 
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
-from bpo_trainer.evaluate.runtime import run_blocking
+from bpo_trainer.evaluate.runtime import CallLimiter, run_blocking
 from bpo_trainer.prompts import build_construction_prompt
 from bpo_trainer.records import read_records, record_id
 from bpo_trainer.retry import RetryPolicy, is_transient
@@ -125,34 +124,6 @@ class ConstructConfig:
         return output.with_name(output.stem + ".errors.jsonl")
 
 
-class RateLimiter:
-    """Spaces request starts evenly: at most ``per_minute`` per minute (0 means no limit).
-
-    Example:
-        >>> async def two_starts() -> float:
-        ...     limiter, start = RateLimiter(1200), time.monotonic()
-        ...     await limiter.acquire(); await limiter.acquire()
-        ...     return time.monotonic() - start
-        >>> asyncio.run(two_starts()) >= 0.05
-        True
-    """
-
-    def __init__(self, per_minute: float) -> None:
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self._next = 0.0
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        if not self.interval:
-            return
-        async with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
 class EmptyAnswerError(Exception):
     """The endpoint answered 200 with no text; retried like a transient failure."""
 
@@ -201,7 +172,8 @@ class Constructor:
     def __init__(self, config: ConstructConfig, client: Any) -> None:
         self.config = config
         self.client = client
-        self.limiter = RateLimiter(config.requests_per_minute)
+        rate = config.requests_per_minute / 60 if config.requests_per_minute else None
+        self.limiter = CallLimiter(config.concurrency, rate)
         self.retry = RetryPolicy(
             config.max_retries,
             max_wait=config.retry_max_wait,
@@ -218,13 +190,13 @@ class Constructor:
         return await self.retry.call(lambda: self._ask_once(prompt), before_sleep=self._count_retry)
 
     async def _ask_once(self, prompt: str) -> Any:
-        await self.limiter.acquire()
-        completion = await self.client.chat.completions.create(
-            model=self.config.model,
-            messages=[{"role": "user", "content": prompt}],
-            temperature=self.config.temperature,
-            **({"max_tokens": self.config.max_tokens} if self.config.max_tokens else {}),
-        )
+        async with self.limiter.slot():
+            completion = await self.client.chat.completions.create(
+                model=self.config.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=self.config.temperature,
+                **({"max_tokens": self.config.max_tokens} if self.config.max_tokens else {}),
+            )
         if not completion.choices or not (completion.choices[0].message.content or ""):
             raise EmptyAnswerError("the endpoint returned an empty answer")
         return completion
