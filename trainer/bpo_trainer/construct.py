@@ -37,7 +37,7 @@ from rich.progress import (
 
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
-from bpo_trainer.evaluate.runtime import CallLimiter, run_blocking
+from bpo_trainer.evaluate.runtime import CallLimiter, Usage, run_blocking
 from bpo_trainer.prompts import build_construction_prompt
 from bpo_trainer.records import read_records, record_id
 from bpo_trainer.retry import RetryPolicy, is_transient
@@ -130,19 +130,12 @@ class EmptyAnswerError(Exception):
 
 @dataclass
 class _Tally:
+    usage: Usage
     succeeded: int = 0
     failed: int = 0
     retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
     consecutive_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-
-    def cost(self, config: ConstructConfig) -> float:
-        return (
-            self.prompt_tokens * config.prompt_price_per_1k
-            + self.completion_tokens * config.completion_price_per_1k
-        ) / 1000
 
 
 def _retryable(error: BaseException) -> bool:
@@ -180,7 +173,12 @@ class Constructor:
             initial_wait=config.retry_initial_wait,
             retry_on=_retryable,
         )
-        self.tally = _Tally()
+        self.tally = _Tally(
+            Usage(  # the config's prices are per 1000 tokens, Usage's per million
+                price_input=config.prompt_price_per_1k * 1000,
+                price_output=config.completion_price_per_1k * 1000,
+            )
+        )
 
     def _count_retry(self, retry_state: Any) -> None:
         self.tally.retries += 1
@@ -242,8 +240,7 @@ class Constructor:
         )
         self.tally.succeeded += 1
         self.tally.consecutive_failures = 0
-        self.tally.prompt_tokens += prompt_tokens
-        self.tally.completion_tokens += completion_tokens
+        self.tally.usage.add(prompt_tokens, completion_tokens)
 
 
 def load_feedback(config: ConstructConfig) -> list[dict[str, Any]]:
@@ -329,7 +326,7 @@ async def arun_construct(
             progress.update(
                 task,
                 advance=1,
-                cost=tally.cost(config),
+                cost=tally.usage.cost_usd,
                 retries=tally.retries,
                 errors=tally.failed,
             )
@@ -360,9 +357,9 @@ async def arun_construct(
         "succeeded": tally.succeeded,
         "failed": tally.failed,
         "retries": tally.retries,
-        "prompt_tokens": tally.prompt_tokens,
-        "completion_tokens": tally.completion_tokens,
-        "cost_usd": round(tally.cost(config), 6),
+        "prompt_tokens": tally.usage.prompt_tokens,
+        "completion_tokens": tally.usage.completion_tokens,
+        "cost_usd": round(tally.usage.cost_usd, 6),
         "errors": dict(tally.errors),
     }
     console.print(

@@ -205,17 +205,11 @@ def model_card(
         >>> card.data.base_model, "LoRA, merged into the base" in card.text
         ('tiny-llama', True)
     """
-    from huggingface_hub import ModelCardData
-
-    data = ModelCardData(
-        base_model=base_model,
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["bpo", "prompt-optimization", "trl", "sft"],
-    )
     return render_card(
         "export.md",
-        data,
+        base_model=base_model,
+        library_name="transformers",
+        tags=["bpo", "prompt-optimization", "trl", "sft"],
         name=name,
         record=record,
         lora=merged_from_adapter or record.get("method") == "lora",

