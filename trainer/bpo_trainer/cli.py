@@ -1,14 +1,13 @@
 """``bpo-train STAGE [--field value ...] [--config file.yaml]``: every stage from one command.
 
-The options of a stage are the fields of its config dataclass, turned into flags by transformers'
-``HfArgumentParser`` (TRL style). ``--config`` reads a YAML (or JSON) file of ``field: value``;
-flags on the command line override it. Stages are imported only when run, so one whose module or
-dependencies fail to import does not break the others.
+The options of a stage are the fields of its config dataclass, turned into flags by TRL's
+``TrlParser`` (transformers' ``HfArgumentParser`` with ``--config``): ``--config`` reads a YAML
+file of ``field: value`` pairs, and flags on the command line override it. Stages are imported
+only when run, so one whose module or dependencies fail to import does not break the others.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import sys
@@ -16,10 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpo_trainer import __version__, configs_dir
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
+
+if TYPE_CHECKING:
+    from trl import TrlParser
 
 PROG = "bpo-train"
 
@@ -146,73 +148,81 @@ def _top_level_help() -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser(stage: Stage) -> Any:
-    """The ``HfArgumentParser`` of ``stage``, with ``--config`` added."""
-    from transformers import HfArgumentParser
+def build_parser(stage: Stage) -> TrlParser:
+    """The ``TrlParser`` of ``stage``: a flag per config field, and ``--config`` (a YAML file whose
+    ``field: value`` pairs replace the defaults; TRL reads it, flags override it)."""
+    from trl import TrlParser
 
     config_class, _ = stage.load()
-    parser = HfArgumentParser(
-        config_class,
-        prog=f"{PROG} {stage.name}",
-        description=stage.summary,
-    )
+    parser = TrlParser(config_class, prog=f"{PROG} {stage.name}", description=stage.summary)
     parser.add_argument(
         "--config",
         metavar="FILE",
         default=None,
-        help="YAML or JSON file of field: value pairs; command-line flags override it.",
+        help="YAML file of field: value pairs (and an optional env: mapping of environment "
+        "variables); command-line flags override it.",
     )
     return parser
 
 
 def parse_stage_args(stage: Stage, argv: Sequence[str]) -> Any:
     """The config object of ``stage`` from ``argv`` (and the ``--config`` file it names)."""
-    parser = build_parser(stage)
-    config_file = _config_file(argv)
-    if config_file is not None:
-        _apply_config_file(parser, stage, config_file)
-    parsed = parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
-    return parsed[0]
-
-
-def _config_file(argv: Sequence[str]) -> Path | None:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(list(argv))
-    return None if known.config is None else Path(known.config)
-
-
-def _apply_config_file(parser: Any, stage: Stage, path: Path) -> None:
     import yaml
 
-    if not path.is_file():
-        raise TrainerConfigError(f"config file not found: {path}")
+    parser = build_parser(stage)
+    args = _split_config_flag(argv)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        parsed = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except yaml.YAMLError as error:
-        raise TrainerConfigError(f"{path}: not valid YAML ({error})") from error
-    data = data or {}
-    if not isinstance(data, dict):
-        raise TrainerConfigError(f"{path}: expected a mapping of field: value pairs")
-    config_class, _ = stage.load()
-    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
-    values = {str(key).replace("-", "_"): value for key, value in data.items()}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise TrainerConfigError(f"{_config_path(args)}: not valid YAML ({error})") from error
+    config, from_file, from_flags = parsed[0], parsed[-2], parsed[-1]
+    if from_file:
         raise TrainerConfigError(
-            f"{path}: unknown field(s) for stage {stage.name!r}: {', '.join(hints)}; "
+            f"{_config_path(args)}: unknown field(s) for stage {stage.name!r}: "
+            f"{_with_hints(from_file[::2], stage)}; see `{PROG} {stage.name} --help`"
+        )
+    if from_flags:
+        options = [arg for arg in from_flags if arg.startswith("-")] or from_flags
+        raise TrainerConfigError(
+            f"unknown option(s) for stage {stage.name!r}: {_with_hints(options, stage)}; "
             f"see `{PROG} {stage.name} --help`"
         )
-    for action in parser._actions:
-        if action.dest in values:
-            # A value from the file satisfies a required flag; argparse converts string defaults
-            # with the flag's type, so YAML scalars go through the same checks as typed flags.
-            action.required = False
-    parser.set_defaults(**values)
+    return config
+
+
+def _split_config_flag(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--config=FILE`` written ``--config FILE`` (the form TRL looks for); a
+    missing file is named here."""
+    args: list[str] = []
+    for arg in argv:
+        args += ["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg]
+    path = _config_path(args)
+    if path is not None and not path.is_file():
+        raise TrainerConfigError(f"config file not found: {path}")
+    return args
+
+
+def _config_path(args: Sequence[str]) -> Path | None:
+    if "--config" not in args:
+        return None
+    index = args.index("--config") + 1
+    if index >= len(args):
+        raise TrainerConfigError("--config needs a file: --config FILE.yaml")
+    return Path(args[index])
+
+
+def _with_hints(options: Sequence[str], stage: Stage) -> str:
+    """``options`` (``--name`` or ``name``), each with the closest field name of ``stage``."""
+    config_class, _ = stage.load()
+    fields = [f.name for f in dataclasses.fields(config_class) if f.init]
+    named = []
+    for option in options:
+        key = option.lstrip("-").split("=", 1)[0]
+        close = difflib.get_close_matches(key.replace("-", "_"), fields, n=1)
+        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    return ", ".join(named)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

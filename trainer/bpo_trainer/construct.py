@@ -4,7 +4,8 @@ Each record gets the paper's construction prompt (:mod:`bpo_trainer.prompts`) as
 an OpenAI-compatible chat endpoint: OpenAI itself (``gpt-3.5-turbo``, as in the paper) or, with
 ``base_url``, vLLM, TGI or ``bpo serve``. Requests run concurrently (``concurrency`` in flight)
 under a requests-per-minute limit, and 429, 5xx, connection errors, malformed or empty answers are
-retried with exponential backoff (honouring ``Retry-After``).
+retried with the trainer's retry policy (:mod:`bpo_trainer.retry`: jittered exponential backoff,
+``Retry-After`` honoured).
 
 Every answer is appended to ``output_file`` the moment it arrives (the record, its raw
 ``response``, the model and the token usage), so a restarted job skips the ids already there and a
@@ -18,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,10 @@ from rich.progress import (
 
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
+from bpo_trainer.evaluate.runtime import CallLimiter, Usage, run_blocking
 from bpo_trainer.prompts import build_construction_prompt
 from bpo_trainer.records import read_records, record_id
+from bpo_trainer.retry import RetryPolicy, is_transient
 
 
 @dataclass
@@ -123,67 +124,22 @@ class ConstructConfig:
         return output.with_name(output.stem + ".errors.jsonl")
 
 
-class RateLimiter:
-    """Spaces request starts evenly: at most ``per_minute`` per minute (0 means no limit).
-
-    Example:
-        >>> async def two_starts() -> float:
-        ...     limiter, start = RateLimiter(1200), time.monotonic()
-        ...     await limiter.acquire(); await limiter.acquire()
-        ...     return time.monotonic() - start
-        >>> asyncio.run(two_starts()) >= 0.05
-        True
-    """
-
-    def __init__(self, per_minute: float) -> None:
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self._next = 0.0
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        if not self.interval:
-            return
-        async with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
 class EmptyAnswerError(Exception):
     """The endpoint answered 200 with no text; retried like a transient failure."""
 
 
 @dataclass
 class _Tally:
+    usage: Usage
     succeeded: int = 0
     failed: int = 0
     retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
     consecutive_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
-    def cost(self, config: ConstructConfig) -> float:
-        return (
-            self.prompt_tokens * config.prompt_price_per_1k
-            + self.completion_tokens * config.completion_price_per_1k
-        ) / 1000
-
 
 def _retryable(error: BaseException) -> bool:
-    import openai
-
-    if isinstance(error, openai.APIStatusError):
-        return error.status_code in (408, 409, 429) or error.status_code >= 500
-    return isinstance(
-        error,
-        openai.APIConnectionError
-        | openai.APIResponseValidationError
-        | EmptyAnswerError
-        | json.JSONDecodeError,
-    )
+    return is_transient(error) or isinstance(error, EmptyAnswerError | json.JSONDecodeError)
 
 
 def _fatal(error: BaseException, config: ConstructConfig) -> TrainerConfigError | None:
@@ -203,64 +159,44 @@ def _fatal(error: BaseException, config: ConstructConfig) -> TrainerConfigError 
     return None
 
 
-def _retry_after(error: BaseException) -> float | None:
-    import openai
-
-    if not isinstance(error, openai.APIStatusError):
-        return None
-    value = error.response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 class Constructor:
     """Sends construction prompts and appends the answers; :func:`arun_construct` drives it."""
 
     def __init__(self, config: ConstructConfig, client: Any) -> None:
         self.config = config
         self.client = client
-        self.limiter = RateLimiter(config.requests_per_minute)
-        self.tally = _Tally()
-
-    def _wait(self, retry_state: Any) -> float:
-        from tenacity import wait_random_exponential
-
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        after = _retry_after(error) if error is not None else None
-        if after is not None:
-            return min(after, self.config.retry_max_wait)
-        backoff = wait_random_exponential(
-            multiplier=self.config.retry_initial_wait, max=self.config.retry_max_wait
+        rate = config.requests_per_minute / 60 if config.requests_per_minute else None
+        self.limiter = CallLimiter(config.concurrency, rate)
+        self.retry = RetryPolicy(
+            config.max_retries,
+            max_wait=config.retry_max_wait,
+            initial_wait=config.retry_initial_wait,
+            retry_on=_retryable,
         )
-        return float(backoff(retry_state))
+        self.tally = _Tally(
+            Usage(  # the config's prices are per 1000 tokens, Usage's per million
+                price_input=config.prompt_price_per_1k * 1000,
+                price_output=config.completion_price_per_1k * 1000,
+            )
+        )
 
     def _count_retry(self, retry_state: Any) -> None:
         self.tally.retries += 1
 
     async def ask(self, prompt: str) -> Any:
         """One chat completion for ``prompt``, retried on transient failures."""
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+        return await self.retry.call(lambda: self._ask_once(prompt), before_sleep=self._count_retry)
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=self._wait,
-            before_sleep=self._count_retry,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self.limiter.acquire()
-                completion = await self.client.chat.completions.create(
-                    model=self.config.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    temperature=self.config.temperature,
-                    **({"max_tokens": self.config.max_tokens} if self.config.max_tokens else {}),
-                )
-                if not completion.choices or not (completion.choices[0].message.content or ""):
-                    raise EmptyAnswerError("the endpoint returned an empty answer")
+    async def _ask_once(self, prompt: str) -> Any:
+        async with self.limiter.slot():
+            completion = await self.client.chat.completions.create(
+                model=self.config.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=self.config.temperature,
+                **({"max_tokens": self.config.max_tokens} if self.config.max_tokens else {}),
+            )
+        if not completion.choices or not (completion.choices[0].message.content or ""):
+            raise EmptyAnswerError("the endpoint returned an empty answer")
         return completion
 
     async def construct(
@@ -304,8 +240,7 @@ class Constructor:
         )
         self.tally.succeeded += 1
         self.tally.consecutive_failures = 0
-        self.tally.prompt_tokens += prompt_tokens
-        self.tally.completion_tokens += completion_tokens
+        self.tally.usage.add(prompt_tokens, completion_tokens)
 
 
 def load_feedback(config: ConstructConfig) -> list[dict[str, Any]]:
@@ -391,7 +326,7 @@ async def arun_construct(
             progress.update(
                 task,
                 advance=1,
-                cost=tally.cost(config),
+                cost=tally.usage.cost_usd,
                 retries=tally.retries,
                 errors=tally.failed,
             )
@@ -422,9 +357,9 @@ async def arun_construct(
         "succeeded": tally.succeeded,
         "failed": tally.failed,
         "retries": tally.retries,
-        "prompt_tokens": tally.prompt_tokens,
-        "completion_tokens": tally.completion_tokens,
-        "cost_usd": round(tally.cost(config), 6),
+        "prompt_tokens": tally.usage.prompt_tokens,
+        "completion_tokens": tally.usage.completion_tokens,
+        "cost_usd": round(tally.usage.cost_usd, 6),
         "errors": dict(tally.errors),
     }
     console.print(
@@ -439,7 +374,7 @@ def run_construct(config: ConstructConfig, *, console: Console | None = None) ->
     """Construct optimized prompts for ``config.input_file``; returns a summary with the counts,
     token usage and estimated cost.
 
-    Safe to call from a notebook: inside a running event loop it runs in a worker thread.
+    Safe to call from a notebook (see :func:`~bpo_trainer.evaluate.runtime.run_blocking`).
 
     Example:
         >>> from bpo_integrations.testing.servers import ScriptedServer
@@ -455,9 +390,4 @@ def run_construct(config: ConstructConfig, *, console: Console | None = None) ->
         >>> summary["succeeded"], summary["failed"]
         (1, 0)
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(arun_construct(config, console=console))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, arun_construct(config, console=console)).result()
+    return run_blocking(arun_construct(config, console=console))

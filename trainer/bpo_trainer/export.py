@@ -2,9 +2,9 @@
 
 A LoRA adapter is merged into its base model (PEFT ``merge_and_unload``); a fully fine-tuned model
 is re-saved. The folder holds safetensors weights, the tokenizer, a generation config with the BPO
-decoding preset, and a model card (``README.md``) describing the base model, the data and the
-training settings. TGI serves it with ``--model-id /path/to/folder``; ``LocalBackend`` and
-``AutoModelForCausalLM`` load it directly.
+decoding preset, and a model card (``README.md``, a ``huggingface_hub.ModelCard`` from
+``cards/export.md``) describing the base model, the data and the training settings. TGI serves
+it with ``--model-id /path/to/folder``; ``LocalBackend`` and ``AutoModelForCausalLM`` load it.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bpo_integrations.settings import GenerationSettings
 from bpo_integrations.template import BPO_TEMPLATE
 from bpo_trainer import __version__
+from bpo_trainer.cards import render_card
 from bpo_trainer.errors import TrainerConfigError
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -177,32 +181,11 @@ def run_export(config: ExportConfig) -> Path:
         merged_from_adapter=_is_adapter(source),
         generation=model.generation_config.to_diff_dict(),
     )
-    (target / "README.md").write_text(card, encoding="utf-8")
+    card.save(target / "README.md")
     if not any(target.glob("*.safetensors")):
         raise TrainerConfigError(f"no safetensors weights were written to {target}")
     logger.info("exported %s to %s", source, target)
     return target
-
-
-_CARD_SETTINGS = (
-    ("learning_rate", "learning rate"),
-    ("lr_scheduler_type", "schedule"),
-    ("warmup_steps", "warmup (steps, or ratio if < 1)"),
-    ("num_train_epochs", "epochs"),
-    ("max_steps", "max steps (-1: by epochs)"),
-    ("per_device_train_batch_size", "batch size per device"),
-    ("gradient_accumulation_steps", "gradient accumulation"),
-    ("weight_decay", "weight decay"),
-    ("max_grad_norm", "gradient clipping"),
-    ("max_length", "max sequence length"),
-    ("completion_only_loss", "loss on the optimized prompt only"),
-    ("bf16", "bf16"),
-    ("seed", "seed"),
-    ("lora_r", "LoRA r"),
-    ("lora_alpha", "LoRA alpha"),
-    ("lora_dropout", "LoRA dropout"),
-    ("lora_target_modules", "LoRA target modules"),
-)
 
 
 def model_card(
@@ -212,91 +195,25 @@ def model_card(
     record: dict[str, Any],
     merged_from_adapter: bool,
     generation: dict[str, Any],
-) -> str:
-    """The ``README.md`` of an exported model: what it is, how it was trained, how to serve it."""
-    args = record.get("args", {})
-    data = record.get("data", {})
-    lora = merged_from_adapter or record.get("method") == "lora"
-    rows = [
-        f"| {label} | `{args[key]}` |"
-        for key, label in _CARD_SETTINGS
-        if key in args and (lora or not key.startswith("lora_"))
-    ]
-    metrics = record.get("metrics", {})
-    loss = metrics.get("train_loss")
-    front = [
-        "---",
-        f"base_model: {base_model}",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags:",
-        "- bpo",
-        "- prompt-optimization",
-        "- trl",
-        "- sft",
-        "---",
-    ]
-    body = [
-        f"# {name}",
-        "",
-        "A Black-Box Prompt Optimization (BPO) model: it rewrites a user's prompt into one that an "
-        "LLM answers more helpfully and harmlessly (Cheng et al., ACL 2024). Made with "
-        f"`bpo-trainer` {__version__}.",
-        "",
-        "## Model",
-        "",
-        f"- Base model: `{base_model}`",
-        f"- Method: {'LoRA, merged into the base' if lora else 'full fine-tuning'}",
-        f"- Training steps: {record.get('global_step', 'unknown')}"
-        + (f", final training loss {loss:.4f}" if isinstance(loss, int | float) else ""),
-        "",
-        "## Prompt template",
-        "",
-        "```",
-        record.get("template", BPO_TEMPLATE),
-        "```",
-        "",
-        "The model writes the optimized prompt after `[/INST]` and stops at EOS.",
-        "",
-        "## Data",
-        "",
-        f"- Training file: `{data.get('train_file', 'unknown')}` "
-        f"({data.get('train_examples', 'unknown')} pairs, "
-        f"`{data.get('prompt_field', 'final_input')}` -> "
-        f"`{data.get('completion_field', 'final_output')}`)",
-    ]
-    if data.get("eval_examples"):
-        body.append(f"- Evaluation: {data['eval_examples']} pairs")
-    body += ["", "## Training settings", ""]
-    if rows:
-        body += ["| setting | value |", "| --- | --- |", *rows]
-    else:
-        body.append("No `bpo_training.json` was found beside the trained model.")
-    body += [
-        "",
-        "## Decoding defaults (generation_config.json)",
-        "",
-        "```json",
-        json.dumps(generation, indent=2, sort_keys=True),
-        "```",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from bpo_integrations import BPOOptimizer",
-        "from bpo_integrations.backends.local import LocalBackend",
-        "",
-        'optimizer = BPOOptimizer(LocalBackend("path/to/this/folder"))',
-        'print(optimizer.optimize("Tell me about Harry Potter").text)',
-        "```",
-        "",
-        "Serve it with TGI (`--model-id /data/<this folder>`), then use "
-        '`TGIBackend("http://localhost:8080")`:',
-        "",
-        "```bash",
-        "docker run --gpus all -p 8080:80 -v $PWD:/data "
-        "ghcr.io/huggingface/text-generation-inference --model-id /data/" + name,
-        "```",
-        "",
-    ]
-    return "\n".join([*front, "", *body])
+) -> ModelCard:
+    """The model card of an exported model (``cards/export.md``): what it is, how it was trained
+    (from the ``sft`` run's ``bpo_training.json``, ``record``), how to serve it.
+
+    Example:
+        >>> card = model_card(name="bpo-tiny", base_model="tiny-llama", record={},
+        ...                   merged_from_adapter=True, generation={"do_sample": False})
+        >>> card.data.base_model, "LoRA, merged into the base" in card.text
+        ('tiny-llama', True)
+    """
+    return render_card(
+        "export.md",
+        base_model=base_model,
+        library_name="transformers",
+        tags=["bpo", "prompt-optimization", "trl", "sft"],
+        name=name,
+        record=record,
+        lora=merged_from_adapter or record.get("method") == "lora",
+        generation_json=json.dumps(generation, indent=2, sort_keys=True),
+        version=__version__,
+        default_template=BPO_TEMPLATE,
+    )

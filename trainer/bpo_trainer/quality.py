@@ -97,7 +97,7 @@ def corpus_scores(outputs: Sequence[str], references: Sequence[str]) -> tuple[fl
     """sacrebleu corpus ``(chrF, BLEU)`` of ``outputs`` against one reference each.
 
     Example:
-        >>> corpus_scores(["the cat sat"], ["the cat sat"])
+        >>> corpus_scores(["the cat sat on the mat"], ["the cat sat on the mat"])
         (100.0, 100.0)
     """
     from sacrebleu.metrics import BLEU, CHRF

@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import trl
 from transformers.trainer_utils import (
@@ -28,6 +28,7 @@ from bpo_trainer.sources import load_records
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from peft import PeftConfig
     from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -35,19 +36,24 @@ logger = logging.getLogger(__name__)
 TRAINING_RECORD = "bpo_training.json"
 """Written into ``output_dir`` after training; ``export`` reads it for the model card."""
 
+ALL_LINEAR = "all-linear"
+"""PEFT's shorthand for every linear layer but the output layer."""
+
 _DEEPSPEED_PRESETS = ("zero2", "zero3")
 _LAST_CHECKPOINT = ("last", "auto", "true")
 
 
 @dataclass
-class SFTConfig(trl.SFTConfig):
-    """Config of the ``sft`` stage: TRL's ``SFTConfig`` plus the model, the data and LoRA.
+class SFTConfig(trl.SFTConfig, trl.ModelConfig):
+    """Config of the ``sft`` stage: TRL's ``SFTConfig`` and ``ModelConfig`` (the model, its dtype,
+    LoRA) plus the data.
 
     The defaults reproduce the reference training run (thu-coai/BPO ``src/training``, which trains
     ``Llama-2-7b-chat`` on 8 GPUs): learning rate 2e-5, 5 epochs, 4 examples per device, warmup over
     the first 10% of the steps, AdamW with weight decay 0.01, gradient clipping 1.0, sequences of at
     most 512 tokens; with a cosine decay. LoRA defaults are the reference's (r 8, alpha 32, dropout
-    0.1). ``bf16`` is switched on where the GPU supports it.
+    0.1). ``bf16`` is switched on where the GPU supports it. The LoRA config is TRL's
+    (``trl.get_peft_config``), 4- and 8-bit loading TRL's (``trl.get_quantization_config``).
 
     Example:
         >>> from bpo_trainer.sft import SFTConfig
@@ -59,14 +65,28 @@ class SFTConfig(trl.SFTConfig):
         (2e-05, 512, True)
     """
 
-    model_name_or_path: str = field(
+    # trl.ModelConfig fields whose defaults follow the reference run.
+    model_name_or_path: str | None = field(
         default="meta-llama/Llama-2-7b-chat-hf",
         metadata={"help": "Base causal LM to fine-tune: a Hub id or a local folder."},
     )
-    model_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+    dtype: str | None = field(
         default="float32",
-        metadata={"help": "dtype to load the base model's weights in ('auto': as saved)."},
+        metadata={
+            "help": "dtype to load the base model's weights in ('auto': as saved).",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+            "aliases": ["--model_dtype"],
+        },
     )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA layers."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: [ALL_LINEAR],
+        metadata={
+            "help": "Modules that get LoRA layers: names such as q_proj v_proj, or 'all-linear'."
+        },
+    )
+
     train_file: str | None = field(
         default=None,
         metadata={
@@ -94,25 +114,6 @@ class SFTConfig(trl.SFTConfig):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training pairs (for quick runs)."}
-    )
-    use_peft: bool = field(
-        default=False, metadata={"help": "Train a LoRA adapter instead of all the weights."}
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA layers."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"],
-        metadata={
-            "help": "Modules that get LoRA layers: names such as q_proj v_proj, or 'all-linear'."
-        },
-    )
-    lora_modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Modules trained in full next to the LoRA layers and saved with the adapter, "
-            "e.g. lm_head (needed when the vocabulary grows)."
-        },
     )
     auto_resume: bool = field(
         default=True,
@@ -172,6 +173,8 @@ class SFTConfig(trl.SFTConfig):
             self.lora_target_modules = [
                 m.strip() for m in self.lora_target_modules.split(",") if m.strip()
             ]
+        if self.load_in_8bit and self.load_in_4bit:
+            raise TrainerConfigError("load_in_8bit and load_in_4bit exclude each other: pick one")
         has_eval = self.eval_file is not None or self.eval_split_size > 0
         if has_eval and self.eval_strategy == "no":
             self.eval_strategy = "epoch" if self.save_strategy == "epoch" else "steps"
@@ -286,21 +289,29 @@ def load_datasets(config: SFTConfig) -> tuple[Dataset, Dataset | None]:
     return train, None
 
 
-def _peft_config(config: SFTConfig) -> Any:
-    if not config.use_peft:
-        return None
-    from peft import LoraConfig
+def lora_config(config: SFTConfig) -> PeftConfig | None:
+    """TRL's LoRA config of ``config`` (``trl.get_peft_config``); ``None`` without ``use_peft``.
 
-    targets = config.lora_target_modules
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-        bias="none",
-        modules_to_save=list(config.lora_modules_to_save or []) or None,
-        task_type="CAUSAL_LM",
-    )
+    Example:
+        >>> lora_config(SFTConfig(output_dir="o", use_peft=True, report_to="none")).target_modules
+        'all-linear'
+    """
+    peft_config = trl.get_peft_config(config)
+    if peft_config is not None and config.lora_target_modules == [ALL_LINEAR]:
+        # PEFT reads the shorthand only as a string; a list would name a module "all-linear".
+        peft_config.target_modules = ALL_LINEAR
+    return peft_config
+
+
+def model_init_kwargs(config: SFTConfig) -> dict[str, Any]:
+    """How ``SFTTrainer`` loads the base model: TRL's ``sft`` script's keyword arguments from the
+    ``ModelConfig`` fields, then ``model_init_kwargs`` as given."""
+    values = {
+        "revision": config.model_revision,
+        "attn_implementation": config.attn_implementation,
+        "dtype": config.dtype,
+    }
+    return {**values, **(config.model_init_kwargs or {})}
 
 
 def resolve_checkpoint(config: SFTConfig) -> str | None:
@@ -341,15 +352,15 @@ def build_trainer(
             f"the tokenizer of {config.model_name_or_path} has no EOS token, which ends every "
             "optimized prompt; pass --eos_token with a token of its vocabulary"
         )
-    if config.model_init_kwargs is None:
-        config.model_init_kwargs = {"dtype": config.model_dtype}
+    config.model_init_kwargs = model_init_kwargs(config)
     return trl.SFTTrainer(
         model=config.model_name_or_path,
         args=config,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
-        peft_config=_peft_config(config),
+        peft_config=lora_config(config),
+        quantization_config=trl.get_quantization_config(config),
         callbacks=callbacks,
     )
 

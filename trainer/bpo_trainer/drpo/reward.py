@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpo_trainer.drpo.calls import ModelCalls
-from bpo_trainer.drpo.prompts import (
+from bpo_trainer.drpo.parsing import (
     AspectSelection,
     Evaluation,
     parse_aspect_selection,
     parse_scores,
-    score_messages,
-    select_aspects_messages,
 )
+from bpo_trainer.drpo.prompts import score_messages, select_aspects_messages
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,13 @@ from typing import Any
 from bpo_integrations.drpo import AlignmentArtifact, load_artifact, make_retriever
 from bpo_trainer.drpo.artifact import build_artifact, malformed_counts, save_artifact
 from bpo_trainer.drpo.calls import ModelCalls
-from bpo_trainer.drpo.config import ROLES, DRPOConfig
+from bpo_trainer.drpo.config import DRPOConfig
 from bpo_trainer.drpo.data import load_examples, load_queries
 from bpo_trainer.drpo.markdown import render_search_log
 from bpo_trainer.drpo.search import ICLSearch, OptimizedExample, PromptSearch
 from bpo_trainer.drpo.steps import StepLog
-from bpo_trainer.evaluate.chat import ChatModel, build_chat_model
-from bpo_trainer.evaluate.runtime import run_blocking
+from bpo_trainer.evaluate.chat import ChatModel
+from bpo_trainer.evaluate.runtime import chat_models, progress_bar, run_blocking
 
 LOG_FILE = "search_log.md"
 
@@ -63,16 +62,6 @@ def _initial_prompt(value: str) -> str:
     return value
 
 
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    )
-
-
 async def arun_drpo(
     config: DRPOConfig,
     *,
@@ -94,86 +83,80 @@ async def arun_drpo(
     )
     initial_prompt = _initial_prompt(config.initial_system_prompt)
     given = {"base": base_model, "optimizer": optimizer_model, "judge": judge_model}
-    models: dict[str, ChatModel] = {}
-    owned: list[ChatModel] = []
-    for role in ROLES:
-        model = given[role]
-        if model is None:
-            model = build_chat_model(config, role)  # type: ignore[arg-type]  # same field names
-            owned.append(model)
-        models[role] = model
+    async with chat_models(config, given) as models:
+        header = _header(config, models, queries, base_examples)
+        icl_records: list[list[dict[str, Any]]] = [[] for _ in base_examples]
+        prompt_records: list[dict[str, Any]] = []
+        log_path = out / LOG_FILE
 
-    header = _header(config, models, queries, base_examples)
-    icl_records: list[list[dict[str, Any]]] = [[] for _ in base_examples]
-    prompt_records: list[dict[str, Any]] = []
-    log_path = out / LOG_FILE
+        def write_log(result: Mapping[str, Any] | None = None) -> None:
+            text = render_search_log(
+                header=header, icl=icl_records, prompt=prompt_records, result=result
+            )
+            log_path.write_text(text, encoding="utf-8")
 
-    def write_log(result: Mapping[str, Any] | None = None) -> None:
-        text = render_search_log(
-            header=header, icl=icl_records, prompt=prompt_records, result=result
-        )
-        log_path.write_text(text, encoding="utf-8")
-
-    steps = StepLog(out)
-    try:
-        with _progress(config.progress) as progress:
-            calls = ModelCalls(out, config, models, progress=progress)
-            try:
-                icl_task = prompt_task = None
-                if progress is not None:
-                    icl_task = progress.add_task("ICL examples", total=len(base_examples))
-                    prompt_task = progress.add_task("system prompt", total=config.prompt_depth + 1)
-
-                def on_icl_step(record: dict[str, Any]) -> None:
-                    icl_records[record["example"]].append(record)
-                    write_log()
+        steps = StepLog(out)
+        try:
+            with progress_bar(config.progress) as progress:
+                calls = ModelCalls(out, config, models, progress=progress)
+                try:
+                    icl_task = prompt_task = None
                     if progress is not None:
-                        progress.update(icl_task, description=f"ICL examples  {calls.describe()}")
-
-                icl = ICLSearch(calls, config, steps, on_step=on_icl_step)
-
-                async def optimize(index: int, query: str, response: str) -> OptimizedExample:
-                    result = await icl.optimize(index, query, response)
-                    if progress is not None:
-                        progress.advance(icl_task)
-                    return result
-
-                optimized = list(
-                    await asyncio.gather(
-                        *(optimize(i, q, r) for i, (q, r) in enumerate(base_examples))
-                    )
-                )
-                examples = [example.to_icl_example() for example in optimized]
-                retriever = make_retriever([e.query for e in examples], embeddings)
-                retrieval = "bm25" if embeddings is None else type(embeddings).__name__
-
-                def on_prompt_step(record: dict[str, Any]) -> None:
-                    prompt_records.append(record)
-                    write_log()
-                    if progress is not None:
-                        total = config.prompt_depth + 1 + record["extra_steps"]
-                        progress.update(
-                            prompt_task,
-                            advance=1,
-                            total=min(total, len(queries)),
-                            description=f"system prompt  {calls.describe()}",
+                        icl_task = progress.add_task("ICL examples", total=len(base_examples))
+                        prompt_task = progress.add_task(
+                            "system prompt", total=config.prompt_depth + 1
                         )
 
-                searched = await PromptSearch(
-                    calls,
-                    config,
-                    steps,
-                    examples,
-                    retriever,
-                    retrieval=retrieval,
-                    on_step=on_prompt_step,
-                ).run(queries, initial_prompt)
-            finally:
-                calls.close()
-    finally:
-        steps.close()
-        for model in owned:
-            await model.aclose()
+                    def on_icl_step(record: dict[str, Any]) -> None:
+                        icl_records[record["example"]].append(record)
+                        write_log()
+                        if progress is not None:
+                            progress.update(
+                                icl_task, description=f"ICL examples  {calls.describe()}"
+                            )
+
+                    icl = ICLSearch(calls, config, steps, on_step=on_icl_step)
+
+                    async def optimize(index: int, query: str, response: str) -> OptimizedExample:
+                        result = await icl.optimize(index, query, response)
+                        if progress is not None:
+                            progress.advance(icl_task)
+                        return result
+
+                    optimized = list(
+                        await asyncio.gather(
+                            *(optimize(i, q, r) for i, (q, r) in enumerate(base_examples))
+                        )
+                    )
+                    examples = [example.to_icl_example() for example in optimized]
+                    retriever = make_retriever([e.query for e in examples], embeddings)
+                    retrieval = "bm25" if embeddings is None else type(embeddings).__name__
+
+                    def on_prompt_step(record: dict[str, Any]) -> None:
+                        prompt_records.append(record)
+                        write_log()
+                        if progress is not None:
+                            total = config.prompt_depth + 1 + record["extra_steps"]
+                            progress.update(
+                                prompt_task,
+                                advance=1,
+                                total=min(total, len(queries)),
+                                description=f"system prompt  {calls.describe()}",
+                            )
+
+                    searched = await PromptSearch(
+                        calls,
+                        config,
+                        steps,
+                        examples,
+                        retriever,
+                        retrieval=retrieval,
+                        on_step=on_prompt_step,
+                    ).run(queries, initial_prompt)
+                finally:
+                    calls.close()
+        finally:
+            steps.close()
 
     malformed = malformed_counts(optimized, searched)
     usage = calls.usage_summary()

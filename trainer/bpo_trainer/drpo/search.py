@@ -32,13 +32,8 @@ from typing import Any
 from bpo_integrations.drpo import ICLExample, Retriever, alignment_messages
 from bpo_trainer.drpo.calls import ModelCalls
 from bpo_trainer.drpo.config import DRPOConfig
-from bpo_trainer.drpo.prompts import (
-    AspectSelection,
-    Evaluation,
-    parse_revision,
-    propose_system_prompt_messages,
-    revise_response_messages,
-)
+from bpo_trainer.drpo.parsing import AspectSelection, Evaluation, parse_revision
+from bpo_trainer.drpo.prompts import propose_system_prompt_messages, revise_response_messages
 from bpo_trainer.drpo.reward import DynamicReward, Judged
 from bpo_trainer.drpo.steps import StepLog
 from bpo_trainer.evaluate.config import settings_hash

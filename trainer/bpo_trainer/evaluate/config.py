@@ -268,6 +268,10 @@ class EvalConfig:
         for role in ("answer", "judge"):
             if getattr(self, f"{role}_backend") == "tgi" and not getattr(self, f"{role}_url"):
                 raise TrainerConfigError(f"{role}_backend='tgi' needs {role}_url (the server root)")
+        self._validate_ranges()
+        return self
+
+    def _validate_ranges(self) -> None:
         _positive("rounds", self.rounds)
         _positive("concurrency", self.concurrency)
         _positive("answer_max_tokens", self.answer_max_tokens)
@@ -292,7 +296,6 @@ class EvalConfig:
         for name in ("answer_temperature", "judge_temperature", "retry_max_wait"):
             if getattr(self, name) < 0:
                 raise TrainerConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        return self
 
     def resolved_data_dir(self) -> Path:
         """Where the built-in test sets are read from."""

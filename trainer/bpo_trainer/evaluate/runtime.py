@@ -2,8 +2,9 @@
 counters, and step files that make a run resumable.
 
 A step appends one JSONL record per finished call, keyed by a hash of what determines it;
-``records_by_key`` reads them back, so a re-run replays finished work instead of calling again.
-Shared by the BPO evaluation (:mod:`bpo_trainer.evaluate.pipeline`) and the DRPO stages.
+``records_by_key`` reads them back, so a re-run replays finished work instead of calling again
+(:meth:`RunState.chat_step` is such a step for a list of chat calls). Shared by the BPO
+evaluation (:mod:`bpo_trainer.evaluate.pipeline`) and the DRPO stages.
 
 Example:
     >>> import asyncio
@@ -27,26 +28,36 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
-from bpo_integrations.errors import BackendUnavailableError, TransientBackendError
-from bpo_integrations.jsonl import read_jsonl
+from bpo_integrations.jsonl import JsonlWriter, read_jsonl
+from bpo_trainer.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from bpo_trainer.evaluate.chat import ChatReply
+    from bpo_trainer.evaluate.chat import ChatModel, ChatReply, SamplingParams
 
 __all__ = [
     "CallLimiter",
+    "ChatJob",
     "RetrySettings",
     "RunState",
+    "StepSettings",
     "Usage",
+    "chat_models",
+    "progress_bar",
     "records_by_key",
     "run_blocking",
 ]
@@ -62,7 +73,25 @@ class RetrySettings(Protocol):
     retry_max_wait: float
 
 
+class StepSettings(RetrySettings, Protocol):
+    """What :meth:`RunState.chat_step` reads of a stage's config."""
+
+    concurrency: int
+    requests_per_second: float | None
+    request_timeout: float
+
+
 C = TypeVar("C", bound=RetrySettings)
+I = TypeVar("I")  # noqa: E741 - the item a chat job is made for
+
+
+@dataclass(frozen=True)
+class ChatJob(Generic[I]):
+    """One call of a step: its cache key, the messages to send, and the item it is made for."""
+
+    key: str
+    messages: list[dict[str, str]]
+    item: I
 
 
 class CallLimiter:
@@ -143,6 +172,29 @@ class RunState(Generic[C]):
     failures: dict[str, int]
     errors: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def start(
+        cls,
+        config: C,
+        out: Path,
+        *,
+        roles: Sequence[str],
+        steps: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> RunState[C]:
+        """A run with empty counters: usage per model ``role`` (priced by ``config``'s
+        ``{role}_price_input``/``_output``), new and failed calls per step (default: the roles)."""
+        steps = roles if steps is None else steps
+        return cls(
+            config=config,
+            out=out,
+            progress=progress,
+            usage={role: Usage.priced(config, role) for role in roles},
+            total={role: Usage.priced(config, role) for role in roles},
+            new_calls=dict.fromkeys(steps, 0),
+            failures=dict.fromkeys(steps, 0),
+        )
+
     def count_reply(self, step: str, reply: ChatReply) -> None:
         """Count a call this run made: one new call, its tokens in ``usage`` and ``total``."""
         self.new_calls[step] += 1
@@ -173,26 +225,60 @@ class RunState(Generic[C]):
         return " | ".join(parts)
 
     async def call(self, limiter: CallLimiter, fn: Callable[[], Awaitable[T]]) -> T:
-        """``fn()`` under the limiter, retried on transient errors with backoff (Retry-After)."""
-        cap = self.config.retry_max_wait
+        """``fn()`` under the limiter, retried on transient errors (:mod:`bpo_trainer.retry`)."""
+        policy = RetryPolicy(self.config.max_retries, max_wait=self.config.retry_max_wait)
 
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            hinted = getattr(error, "retry_after", None)
-            backoff = 0.5 * 2 ** (state.attempt_number - 1)
-            return min(hinted if hinted is not None else backoff, cap)
+        async def limited() -> T:
+            async with limiter.slot():
+                return await fn()
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait,
-            retry=retry_if_exception_type((TransientBackendError, BackendUnavailableError)),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                async with limiter.slot():
-                    return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await policy.call(limited)
+
+    async def chat_step(
+        self,
+        step: str,
+        path: Path,
+        jobs: Sequence[ChatJob[I]],
+        model: ChatModel,
+        params: SamplingParams,
+        record: Callable[[ChatJob[I], ChatReply], dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The records of ``jobs``, in their order: replayed from the step file ``path`` where it
+        has their key, else one call of ``model`` each, ``record(job, reply)`` appended to
+        ``path`` as it finishes. A call that still fails after the retries is counted
+        (:meth:`fail`), writes nothing and has no record: the next run makes it again."""
+        config: Any = self.config
+        done = records_by_key(path)
+        todo = [job for job in jobs if job.key not in done]
+        for job in jobs:
+            if job.key in done:
+                self.count_cached(step, done[job.key])
+        if todo:
+            limiter = CallLimiter(config.concurrency, config.requests_per_second)
+            with (
+                JsonlWriter(path, fsync=False) as writer,
+                self.progress_task(step, len(todo)) as advance,
+            ):
+
+                async def one(job: ChatJob[I]) -> None:
+                    try:
+                        reply = await self.call(
+                            limiter,
+                            lambda: model.achat(
+                                job.messages, params, timeout=config.request_timeout
+                            ),
+                        )
+                    except Exception as error:
+                        self.fail(step, error)
+                        advance()
+                        return
+                    self.count_reply(step, reply)
+                    done[job.key] = {"key": job.key, **record(job, reply)}
+                    writer.write(done[job.key])
+                    advance()
+
+                await asyncio.gather(*(one(job) for job in todo))
+        return [done[job.key] for job in jobs if job.key in done]
 
     @contextlib.contextmanager
     def progress_task(self, label: str, total: int) -> Iterator[Callable[[], None]]:
@@ -210,6 +296,37 @@ class RunState(Generic[C]):
             yield advance
         finally:
             progress.update(task, description=f"{label}  {self.describe()}")
+
+
+def progress_bar(enabled: bool) -> contextlib.AbstractContextManager[Progress | None]:
+    """A rich progress display for a run's steps (``None`` when ``enabled`` is false)."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )
+
+
+@contextlib.asynccontextmanager
+async def chat_models(
+    config: Any, given: Mapping[str, ChatModel | None]
+) -> AsyncIterator[dict[str, ChatModel]]:
+    """The chat model of each role: the one given, else the one ``config`` describes
+    (:func:`~bpo_trainer.evaluate.chat.build_chat_model`), closed on exit."""
+    from bpo_trainer.evaluate.chat import build_chat_model
+
+    models = {
+        role: build_chat_model(config, role) if model is None else model
+        for role, model in given.items()
+    }
+    try:
+        yield models
+    finally:
+        for role, model in models.items():
+            if given[role] is None:
+                await model.aclose()
 
 
 def records_by_key(path: Path) -> dict[str, dict[str, Any]]:
