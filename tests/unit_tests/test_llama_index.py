@@ -374,8 +374,8 @@ def test_bad_arguments_name_the_fix() -> None:
     optimizer = BPOOptimizer(rewriter())
     with pytest.raises(ValueError, match=r"embed must be one of .*'original'.*got 'query'"):
         BPOQueryTransform(optimizer, embed="query")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"must be a BPOOptimizer.*BPOOptimizer\(backend\)"):
-        BPOQueryTransform(rewriter())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a BPOOptimizer, a Backend.*got str"):
+        BPOQueryTransform("http://localhost:8080")
     with pytest.raises(TypeError, match="str or a QueryBundle"):
         asyncio.run(BPOQueryTransform(optimizer).arun(42))  # type: ignore[arg-type]
 
