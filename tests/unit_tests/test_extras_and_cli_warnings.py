@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,11 +11,14 @@ import pytest
 
 
 def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # Without what an in-process CLI test may have set in this process's environment.
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
     return subprocess.run(
         [sys.executable, *args, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
 
 
