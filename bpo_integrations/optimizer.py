@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 from bpo_integrations import _log
@@ -155,23 +154,13 @@ class BPOOptimizer:
     def __enter__(self) -> BPOOptimizer:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     async def __aenter__(self) -> BPOOptimizer:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     # -- public API ---------------------------------------------------------------------------
@@ -506,28 +495,3 @@ def _reason(error: BaseException) -> tuple[str, str]:
     if isinstance(error, BackendError):
         return "backend_error", str(error)
     return "unexpected_error", f"{type(error).__name__}: {error}"
-
-
-def as_optimizer(value: object, owner: str = "optimizer") -> BPOOptimizer:
-    """The one constructor rule of ``BPORunnable``, ``BPOMiddleware`` and ``BPOQueryTransform``.
-
-    ``value`` is an optimizer (used as it is), a :class:`Backend` (wrapped with default
-    settings), a LangChain or LlamaIndex LLM (:meth:`BPOOptimizer.from_llm`), or ``None``: the
-    embedded default model (``BPOOptimizer()``).
-    """
-    if isinstance(value, BPOOptimizer):
-        return value
-    if value is None:
-        return BPOOptimizer()
-    if isinstance(value, Backend):
-        return BPOOptimizer(value)
-    from bpo_integrations.backends import is_llm
-
-    if is_llm(value):
-        return BPOOptimizer.from_llm(value)
-    raise TypeError(
-        f"{owner} takes a BPOOptimizer, a Backend, a LangChain or LlamaIndex LLM, or nothing "
-        f"(the embedded default model), got {type(value).__name__}; use "
-        "BPOOptimizer(TGIBackend(url)) for a BPO server, BPOOptimizer(CallableBackend(fn)) for "
-        "a rewrite function"
-    )

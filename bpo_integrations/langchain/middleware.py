@@ -26,9 +26,9 @@ from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 from langgraph.runtime import Runtime
 from typing_extensions import NotRequired
 
+from bpo_integrations._faces import as_optimizer
 from bpo_integrations.langchain._messages import human_indices, is_human, message_text, with_text
 from bpo_integrations.langchain.runnable import OPTIMIZATION_EVENT
-from bpo_integrations.optimizer import as_optimizer
 from bpo_integrations.result import OptimizationResult
 from bpo_integrations.settings import GenerationSettings, Mode
 

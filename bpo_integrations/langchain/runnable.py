@@ -18,6 +18,7 @@ from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
+from bpo_integrations._faces import as_optimizer
 from bpo_integrations.langchain._messages import (
     as_message,
     element_with_text,
@@ -25,7 +26,7 @@ from bpo_integrations.langchain._messages import (
     last_human_index,
     message_text,
 )
-from bpo_integrations.optimizer import BPOOptimizer, as_optimizer
+from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.result import OptimizationResult
 from bpo_integrations.settings import Mode
 

@@ -30,8 +30,8 @@ from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.memory import BaseMemory
 from llama_index.core.schema import QueryBundle
 
+from bpo_integrations._faces import as_optimizer
 from bpo_integrations.llama_index.query_transform import tell_callback_manager
-from bpo_integrations.optimizer import as_optimizer
 from bpo_integrations.result import OptimizationResult
 from bpo_integrations.settings import GenerationSettings, Mode
 

@@ -25,7 +25,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle, QueryType
 from llama_index.core.settings import Settings
 
-from bpo_integrations.optimizer import as_optimizer
+from bpo_integrations._faces import as_optimizer
 from bpo_integrations.result import OptimizationResult
 
 EmbedMode = Literal["original", "optimized", "both"]
