@@ -435,3 +435,17 @@ def test_integration_imports_no_langchain_and_package_imports_no_llama_index() -
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_legacy_callback_manager_sees_each_optimization(
+    index: VectorStoreIndex, llm: RecordingLLM
+) -> None:
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+
+    debug = LlamaDebugHandler()
+    transform = BPOQueryTransform(rewriter(), callback_manager=CallbackManager([debug]))
+    asyncio.run(make_engine(index, llm, transform).aquery(QUESTION))
+
+    ((start, end),) = debug.get_event_pairs(CBEventType.QUERY)
+    assert start.payload["query_str"] == QUESTION
+    assert end.payload["bpo"]["optimized"] == REWRITE
