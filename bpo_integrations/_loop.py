@@ -12,6 +12,7 @@ blocking work may run inline there instead of in a worker thread: :func:`may_blo
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import os
 import threading
@@ -50,6 +51,14 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+@atexit.register
+def _close_thread_loop() -> None:
+    """Close the main thread's own loop at exit (an open one is a ResourceWarning there)."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is not None and not loop.is_running() and not loop.is_closed():
+        loop.close()
+
+
 def may_block() -> bool:
     """Whether the running coroutine may block its event loop with a synchronous call.
 
@@ -65,6 +74,16 @@ def may_block() -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+def on_sync_api_loop() -> bool:
+    """Whether the running coroutine runs on a loop of the sync API (:func:`run_sync`'s): this
+    thread's own loop or the background loop, rather than a loop of the caller's."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return running is getattr(_local, "loop", None) or running is _loop
 
 
 @contextmanager

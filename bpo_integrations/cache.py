@@ -11,7 +11,7 @@ V = TypeVar("V")
 
 
 class LRUCache(Generic[V]):
-    """Least-recently-used cache; ``maxsize=0`` disables it."""
+    """Least-recently-used cache; ``maxsize=0`` disables it. A pickled copy starts empty."""
 
     def __init__(self, maxsize: int = 1024) -> None:
         if maxsize < 0:
@@ -46,3 +46,10 @@ class LRUCache(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __getstate__(self) -> dict[str, int]:
+        # Keys hold backends' identities (object ids): they mean nothing in another process.
+        return {"maxsize": self.maxsize}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["maxsize"])  # type: ignore[misc]

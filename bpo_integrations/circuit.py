@@ -75,3 +75,10 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         self.record_success()
+
+    def __getstate__(self) -> dict[str, float]:
+        # Its clock readings belong to this process: a copy starts closed, with the same limits.
+        return {"failure_threshold": self.failure_threshold, "cooldown_s": self.cooldown_s}
+
+    def __setstate__(self, state: dict[str, float]) -> None:
+        self.__init__(**state)  # type: ignore[misc]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from bpo_integrations import _log
 from bpo_integrations._loop import concurrent, run_sync
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.cache import LRUCache
@@ -64,6 +66,12 @@ class BPOOptimizer:
         max_input_chars: longer prompts pass through unchanged (``input_too_long``).
         circuit_breaker: skips the backend after repeated failures (see :class:`CircuitBreaker`).
 
+    A fallback is also logged on the ``bpo_integrations`` logger: a WARNING with the reason and
+    the fix once per cause (backend down, timeouts, input too long), then DEBUG lines; each
+    optimization is a DEBUG line. ``BPOOptimizer.from_llm(llm)`` uses a LangChain or LlamaIndex
+    model you already have. ``with BPOOptimizer(...) as optimizer:`` (or ``async with``) closes
+    the backend's clients at the end; an optimizer pickles (clients are made again on load).
+
     Example:
         >>> from bpo_integrations import BPOOptimizer
         >>> from bpo_integrations.backends import CallableBackend
@@ -119,11 +127,44 @@ class BPOOptimizer:
         self.max_input_chars = max_input_chars
         self.circuit = circuit_breaker or CircuitBreaker()
 
+    @classmethod
+    def from_llm(cls, llm: Any, **kwargs: Any) -> BPOOptimizer:
+        """An optimizer that runs on an LLM you already have, with the BPO template applied.
+
+        ``llm``: a LangChain chat or completion model (``ChatOpenAI``, ``HuggingFaceEndpoint``,
+        a model with ``.bind(...)``) or a LlamaIndex LLM (``OpenAILike``, ``Settings.llm``).
+        A chat model gets the BPO instruction and the prompt as the user message, a completion
+        model the raw template; async calls use the model's async API. ``kwargs`` go to
+        :class:`BPOOptimizer` (``timeout``, ``guards``, ...). The model decodes with its own
+        settings (temperature, token limit); only ``stop`` sequences are passed on.
+
+        Example:
+            >>> from langchain_core.language_models import GenericFakeChatModel
+            >>> chat = GenericFakeChatModel(messages=iter(["Why is the sky blue? Explain."]))
+            >>> BPOOptimizer.from_llm(chat).optimize("why sky blue").text
+            'Why is the sky blue? Explain.'
+        """
+        from bpo_integrations.backends import from_llm
+
+        return cls(from_llm(llm), **kwargs)
+
     def __repr__(self) -> str:
         return (
             f"BPOOptimizer(backend={self.backend.name!r}, mode={self.settings.mode!r}, "
             f"iterations={self.iterations}, timeout={self.timeout})"
         )
+
+    def __enter__(self) -> BPOOptimizer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> BPOOptimizer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -181,7 +222,16 @@ class BPOOptimizer:
         return await self._run(*prepared)
 
     def close(self) -> None:
+        """Close the backend's clients, connections and workers (it can still be used after)."""
         self.backend.close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`: also closes the clients bound to the running loop."""
+        aclose = getattr(self.backend, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            self.backend.close()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -221,17 +271,18 @@ class BPOOptimizer:
             if context is not None and not isinstance(context, str):
                 raise TypeError(f"a context must be a str or None, got {type(context).__name__}")
             if not prompt.strip():
-                slots.append(self._passthrough(prompt, context, "empty_input", started))
+                slots.append(self._passthrough(prompt, context, "empty_input", "", started))
             elif len(prompt) > self.max_input_chars:
-                reason = f"input_too_long: {len(prompt)} characters, limit {self.max_input_chars}"
-                slots.append(self._passthrough(prompt, context, reason, started))
+                detail = f"{len(prompt)} characters, limit {self.max_input_chars}"
+                slots.append(self._passthrough(prompt, context, "input_too_long", detail, started))
             else:
                 key = self._cache_key(prompt, settings, rounds) if self.cache.maxsize else None
                 hit = None if key is None else self.cache.get(key)
                 if hit is None and not self.circuit.allow():
-                    slots.append(self._passthrough(prompt, context, "circuit_open", started))
+                    slots.append(self._passthrough(prompt, context, "circuit_open", "", started))
                 elif hit is not None:
                     latency = time.perf_counter() - started
+                    _log.logger.debug("cache hit for %.80r", prompt)
                     slots.append(
                         OptimizationResult(
                             original=prompt,
@@ -250,15 +301,22 @@ class BPOOptimizer:
         return slots, settings, rounds, started
 
     def _passthrough(
-        self, prompt: str, context: str | None, reason: str, started: float
+        self, prompt: str, context: str | None, kind: str, detail: str, started: float
     ) -> OptimizationResult:
-        if self.on_error == "raise" and reason == "circuit_open":
+        reason = f"{kind}: {detail}" if detail else kind
+        if self.on_error == "raise" and kind == "circuit_open":
             raise BackendUnavailableError(
                 f"the {self.backend.name} backend failed {self.circuit.consecutive_failures} times "
                 f"in a row; skipped for {self.circuit.cooldown_s}s (circuit open)"
             )
-        if self.on_error == "raise" and reason.startswith("input_too_long"):
+        if self.on_error == "raise" and kind == "input_too_long":
             raise ValueError(f"prompt not optimized: {reason}")
+        if kind == "circuit_open":
+            detail = (
+                f"the backend failed {self.circuit.consecutive_failures} times in a row and is "
+                f"skipped for {self.circuit.cooldown_s}s"
+            )
+        _log.fallback(self.backend.cache_identity(), self.backend.name, kind, detail)
         return OptimizationResult(
             original=prompt,
             optimized=prompt,
@@ -370,6 +428,8 @@ class BPOOptimizer:
                     generations = await call
             else:
                 generations = await asyncio.wait_for(call, timeout=left)
+        except OptimizationTimeoutError:
+            raise  # the backend's own, which says more
         except asyncio.TimeoutError as error:
             raise OptimizationTimeoutError(
                 f"no answer from the {self.backend.name} backend within {self.timeout}s"
@@ -392,6 +452,10 @@ class BPOOptimizer:
             error = item.error or GuardError("empty_output")
             if self.on_error == "raise":
                 raise error
+            kind, detail = _reason(error)
+            if kind == "unexpected_error":
+                _log.logger.debug("the %s backend raised", self.backend.name, exc_info=error)
+            _log.fallback(self.backend.cache_identity(), self.backend.name, kind, detail)
             return OptimizationResult(
                 original=item.prompt,
                 optimized=item.prompt,
@@ -399,7 +463,7 @@ class BPOOptimizer:
                 latency_s=latency,
                 context=item.context,
                 fell_back=True,
-                fallback_reason=_reason(error),
+                fallback_reason=f"{kind}: {detail}" if detail else kind,
                 error=repr(error),
             )
         result = OptimizationResult(
@@ -412,18 +476,28 @@ class BPOOptimizer:
         )
         if item.key is not None:
             self.cache.put(item.key, result)
+        if _log.logger.isEnabledFor(logging.DEBUG):
+            _log.logger.debug(
+                "optimized by %s in %.3fs (%d rounds): %.80r -> %.80r",
+                self.backend.name,
+                latency,
+                len(item.rounds),
+                item.prompt,
+                result.optimized,
+            )
         return result
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException) -> tuple[str, str]:
+    """The fallback reason of ``error``: its kind and the detail."""
     if isinstance(error, GuardError):
-        return str(error)
+        return error.reason, error.detail
     if isinstance(error, OptimizationTimeoutError | asyncio.TimeoutError):
-        return f"timeout: {error}"
+        return "timeout", str(error)
     if isinstance(error, TransientBackendError):
-        return f"backend_overloaded: {error}"
+        return "backend_overloaded", str(error)
     if isinstance(error, BackendUnavailableError):
-        return f"backend_unavailable: {error}"
+        return "backend_unavailable", str(error)
     if isinstance(error, BackendError):
-        return f"backend_error: {error}"
-    return f"unexpected_error: {type(error).__name__}: {error}"
+        return "backend_error", str(error)
+    return "unexpected_error", f"{type(error).__name__}: {error}"

@@ -19,6 +19,8 @@ from typing import Any
 
 from bpo_integrations.backends._http import (
     PerLoopClients,
+    aclose_on_their_loops,
+    close_on_their_loops,
     map_in_threads,
     parse_retry_after,
     raise_mapped,
@@ -216,9 +218,26 @@ class _ChatBackend(Backend):
     def close(self) -> None:
         with self._lock:
             client, self._sync_client = self._sync_client, None
-        self._async_clients.clear()
+        close_on_their_loops(self._async_clients.drain(), openai.AsyncOpenAI.close)
         if client is not None:
             client.close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        await aclose_on_their_loops(self._async_clients.drain(), openai.AsyncOpenAI.close)
+        self.close()
+
+    # Clients, their pools and the lock belong to this process; a copy makes its own.
+    _UNPICKLED = ("_sync_client", "_async_clients", "_lock")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sync_client = None
+        self._async_clients = PerLoopClients(lambda: openai.AsyncOpenAI(**self._client_kwargs))
+        self._lock = threading.Lock()
 
     # -- errors -----------------------------------------------------------------------------
 

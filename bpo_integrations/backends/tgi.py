@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 from bpo_integrations._loop import gather
 from bpo_integrations.backends._http import (
     PerLoopClients,
+    aclose_on_their_loops,
+    close_on_their_loops,
     map_in_threads,
     parse_retry_after,
     raise_mapped,
@@ -110,9 +112,20 @@ class TGIBackend(Backend):
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.max_concurrency = max_concurrency
-        self._async_clients: PerLoopClients[AsyncInferenceClient] = PerLoopClients(
-            lambda: AsyncInferenceClient(**self._client_kwargs(None))
-        )
+        self._async_clients = self._new_async_clients()
+
+    def _new_async_clients(self) -> PerLoopClients[AsyncInferenceClient]:
+        return PerLoopClients(lambda: AsyncInferenceClient(**self._client_kwargs(None)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Clients belong to this process's event loops; a copy makes its own on first use.
+        state = self.__dict__.copy()
+        del state["_async_clients"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._async_clients = self._new_async_clients()
 
     def __repr__(self) -> str:
         return f"TGIBackend(endpoint={self.endpoint!r})"
@@ -194,7 +207,11 @@ class TGIBackend(Backend):
             ) from error
 
     def close(self) -> None:
-        self._async_clients.clear()
+        close_on_their_loops(self._async_clients.drain(), AsyncInferenceClient.close)
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        await aclose_on_their_loops(self._async_clients.drain(), AsyncInferenceClient.close)
 
     def _to_generation(self, output: Any) -> Generation:
         try:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 
 import typer
-
-# Libraries' deprecation notices are for developers, not for people running the command.
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 app = typer.Typer(
     name="bpo",
@@ -15,6 +14,18 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _quiet_dependencies(ctx: typer.Context) -> None:
+    # Dependencies' warnings (deprecations, generation-config notes) are for developers, not for
+    # people running a command, and a line written under a progress bar breaks it. transformers
+    # logs through a handler of its own, set up from this variable when it is imported.
+    warnings.filterwarnings("ignore", module=r"(?!bpo_integrations\b)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if ctx.invoked_subcommand == "optimize":
+        # It reports each fallback itself: a note, the output record, the exit status.
+        logging.getLogger("bpo_integrations").setLevel(logging.ERROR)
 
 
 def _register() -> None:

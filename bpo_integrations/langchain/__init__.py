@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+try:
+    import langchain_core  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "bpo_integrations.langchain needs langchain-core: pip install 'bpo-integrations[langchain]'"
+    ) from error
+
 from bpo_integrations.langchain.drpo import ALIGNMENT_EVENT, DRPOInput, DRPORunnable, RunnableDRPO
 from bpo_integrations.langchain.runnable import (
     OPTIMIZATION_EVENT,
     OPTIMIZATION_RUN_NAME,
     BPOInput,
     BPORunnable,
+    FilledPromptWarning,
     RunnableBPO,
 )
 
@@ -30,6 +38,7 @@ __all__ = [
     "BPOState",
     "DRPOInput",
     "DRPORunnable",
+    "FilledPromptWarning",
     "RunnableBPO",
     "RunnableDRPO",
 ]

@@ -26,10 +26,9 @@ from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 from langgraph.runtime import Runtime
 from typing_extensions import NotRequired
 
-from bpo_integrations.backends.base import Backend
+from bpo_integrations._faces import as_optimizer
 from bpo_integrations.langchain._messages import human_indices, is_human, message_text, with_text
 from bpo_integrations.langchain.runnable import OPTIMIZATION_EVENT
-from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.result import OptimizationResult
 from bpo_integrations.settings import GenerationSettings, Mode
 
@@ -75,7 +74,7 @@ class BPOMiddleware(AgentMiddleware[BPOState[ResponseT], ContextT, ResponseT]):
 
     def __init__(
         self,
-        optimizer: BPOOptimizer | Backend,
+        optimizer: Any = None,
         *,
         mode: Mode | None = None,
         iterations: int | None = None,
@@ -84,9 +83,10 @@ class BPOMiddleware(AgentMiddleware[BPOState[ResponseT], ContextT, ResponseT]):
         """Initialize ``BPOMiddleware``.
 
         Args:
-            optimizer: the optimizer, or a backend to build one with default settings. Its
-                ``on_error`` decides what a failure does: fall back to the user's text (the
-                default; the agent carries on) or raise.
+            optimizer: the optimizer; a backend or a LangChain model
+                (:meth:`BPOOptimizer.from_llm`) to build one with default settings; nothing: the
+                embedded default model. Its ``on_error`` decides what a failure does: fall back
+                to the user's text (the default; the agent carries on) or raise.
             mode: decoding mode for each turn; ``None`` uses the optimizer's.
             iterations: rounds of re-optimization per turn; ``None`` uses the optimizer's.
             optimize_history: show the model earlier user turns as they were optimized (the
@@ -94,18 +94,11 @@ class BPOMiddleware(AgentMiddleware[BPOState[ResponseT], ContextT, ResponseT]):
                 optimized and earlier ones as the user wrote them.
 
         Raises:
-            TypeError: ``optimizer`` is neither a ``BPOOptimizer`` nor a ``Backend``.
+            TypeError: ``optimizer`` is none of these.
             ValueError: ``mode`` or ``iterations`` is invalid.
         """
         super().__init__()
-        if isinstance(optimizer, Backend):
-            optimizer = BPOOptimizer(optimizer)
-        if not isinstance(optimizer, BPOOptimizer):
-            raise TypeError(
-                f"optimizer must be a BPOOptimizer or a Backend, got {type(optimizer).__name__}; "
-                "use BPOOptimizer(TGIBackend(url)) for a BPO server, "
-                "BPOOptimizer(CallableBackend(fn)) for a rewrite function"
-            )
+        optimizer = as_optimizer(optimizer, "BPOMiddleware")
         if mode is not None:
             GenerationSettings.for_mode(mode)
         if iterations is not None and iterations < 1:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union
@@ -14,9 +16,9 @@ from langchain_core.callbacks import (
 from langchain_core.messages import MessageLikeRepresentation
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from bpo_integrations.backends.base import Backend
+from bpo_integrations._faces import as_optimizer
 from bpo_integrations.langchain._messages import (
     as_message,
     element_with_text,
@@ -42,6 +44,38 @@ OPTIMIZATION_RUN_NAME = "bpo_optimize"
 Target = Literal["last_human", "all_human"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FilledPromptWarning(UserWarning):
+    """``BPORunnable`` was given a prompt with retrieved documents already filled in."""
+
+
+_CONTEXT_LABEL = re.compile(
+    r"(?i)\b(?:context|documents?|sources?|passages?|excerpts?)\s*:"
+    r"|\bcontext information\b|\bretrieved (?:context|documents?)\b"
+    r"|<(?:context|documents?|sources?)>"
+)
+_QUESTION_LABEL = re.compile(r"(?i)\b(?:question|query)\s*:\s*(.*)")
+_RAG_MIN_CHARS = 1200
+
+
+def looks_like_filled_rag_prompt(text: str) -> bool:
+    """Whether ``text`` reads as a RAG prompt already filled in: a labelled context block far
+    longer than the question (``Context: ...`` / ``Question: ...``, ``<context>``, ...)."""
+    if len(text) < _RAG_MIN_CHARS or not _CONTEXT_LABEL.search(text):
+        return False
+    question = _QUESTION_LABEL.search(text)
+    return question is None or len(text) > 4 * len(question.group(1))
+
+
+_RAG_ADVICE = (
+    "BPORunnable got a prompt of {length} characters that looks like a filled RAG prompt (a "
+    "context block far longer than the question): the optimizer would rewrite the retrieved "
+    "documents, which is slow and usually rejected. Optimize the question before the prompt is "
+    'built: {{"context": retriever | format_docs, "question": itemgetter("question") | bpo}} | '
+    'prompt | llm, or give it the documents apart: BPORunnable(input_key="question", '
+    'context_key="context") before the prompt (see the README, "RAG").'
+)
 
 _ACCEPTED = (
     "str, StringPromptValue, ChatPromptValue, a list of messages, or a dict holding the prompt "
@@ -112,18 +146,17 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
+    _warned_rag: bool = PrivateAttr(default=False)
+
+    def __init__(self, optimizer: Any = None, **kwargs: Any) -> None:
+        """``optimizer``: a :class:`BPOOptimizer`, a backend, a LangChain or LlamaIndex LLM
+        (see :meth:`BPOOptimizer.from_llm`), or nothing: the embedded default model."""
+        super().__init__(optimizer=as_optimizer(optimizer, "BPORunnable"), **kwargs)
+
     @field_validator("optimizer", mode="before")
     @classmethod
     def _wrap_backend(cls, value: Any) -> BPOOptimizer:
-        if isinstance(value, Backend):
-            return BPOOptimizer(value)
-        if not isinstance(value, BPOOptimizer):
-            raise TypeError(
-                f"optimizer must be a BPOOptimizer or a Backend, got {type(value).__name__}; "
-                "use BPOOptimizer(TGIBackend(url)) for a BPO server, "
-                "BPOOptimizer(CallableBackend(fn)) for a rewrite function"
-            )
-        return value
+        return as_optimizer(value, "BPORunnable")
 
     @property
     def InputType(self) -> Any:
@@ -254,9 +287,18 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
 
     def _try_plan(self, value: Any) -> _Plan | Exception:
         try:
-            return self._plan(value)
+            plan = self._plan(value)
         except (TypeError, ValueError) as error:
             return error
+        if not self._warned_rag:
+            for text in plan.texts:
+                if looks_like_filled_rag_prompt(text):
+                    self._warned_rag = True
+                    warnings.warn(
+                        _RAG_ADVICE.format(length=len(text)), FilledPromptWarning, stacklevel=2
+                    )
+                    break
+        return plan
 
     def _plan(self, value: Any) -> _Plan:
         if not isinstance(value, dict):

@@ -1,4 +1,4 @@
-"""BPO for LlamaIndex: a query transform and an async-capable transform query engine.
+"""BPO for LlamaIndex: a query transform, an async-capable transform query engine, a chat engine.
 
 Needs ``llama-index-core`` (``pip install 'bpo-integrations[llamaindex]'``); imports no LangChain.
 """
@@ -13,9 +13,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "pip install 'bpo-integrations[llamaindex]'"
     ) from error
 
+from bpo_integrations.llama_index.chat_engine import BPOChatEngine, BPOChatMessageOptimizedEvent
 from bpo_integrations.llama_index.drpo import DRPOAlignmentEvent, DRPOChatEngine, DRPOChatMessages
 from bpo_integrations.llama_index.query_engine import METADATA_KEY, BPOTransformQueryEngine
 from bpo_integrations.llama_index.query_transform import (
+    PROMPT_KEY,
     BPOQueryBundle,
     BPOQueryOptimizedEvent,
     BPOQueryTransform,
@@ -24,6 +26,9 @@ from bpo_integrations.llama_index.query_transform import (
 
 __all__ = [
     "METADATA_KEY",
+    "PROMPT_KEY",
+    "BPOChatEngine",
+    "BPOChatMessageOptimizedEvent",
     "BPOQueryBundle",
     "BPOQueryOptimizedEvent",
     "BPOQueryTransform",

@@ -246,7 +246,9 @@ def test_callbacks_receive_the_optimization_event(optimizer: BPOOptimizer) -> No
 
 
 def test_constructor_validates_arguments(optimizer: BPOOptimizer) -> None:
-    with pytest.raises(TypeError, match="optimizer must be a BPOOptimizer or a Backend, got str"):
+    with pytest.raises(
+        TypeError, match=r"BPOMiddleware takes a BPOOptimizer, a Backend, .* got str"
+    ):
         BPOMiddleware("http://localhost:8080")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         BPOMiddleware(optimizer, iterations=0)

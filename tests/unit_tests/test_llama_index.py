@@ -374,8 +374,8 @@ def test_bad_arguments_name_the_fix() -> None:
     optimizer = BPOOptimizer(rewriter())
     with pytest.raises(ValueError, match=r"embed must be one of .*'original'.*got 'query'"):
         BPOQueryTransform(optimizer, embed="query")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"must be a BPOOptimizer.*BPOOptimizer\(backend\)"):
-        BPOQueryTransform(rewriter())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a BPOOptimizer, a Backend.*got str"):
+        BPOQueryTransform("http://localhost:8080")
     with pytest.raises(TypeError, match="str or a QueryBundle"):
         asyncio.run(BPOQueryTransform(optimizer).arun(42))  # type: ignore[arg-type]
 
@@ -435,3 +435,17 @@ def test_integration_imports_no_langchain_and_package_imports_no_llama_index() -
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_legacy_callback_manager_sees_each_optimization(
+    index: VectorStoreIndex, llm: RecordingLLM
+) -> None:
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+
+    debug = LlamaDebugHandler()
+    transform = BPOQueryTransform(rewriter(), callback_manager=CallbackManager([debug]))
+    asyncio.run(make_engine(index, llm, transform).aquery(QUESTION))
+
+    ((start, end),) = debug.get_event_pairs(CBEventType.QUERY)
+    assert start.payload["query_str"] == QUESTION
+    assert end.payload["bpo"]["optimized"] == REWRITE
