@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bpo_integrations.cli import optimize, serve  # noqa: F401 - each registers its commands
+    from bpo_integrations.cli import check, optimize, serve  # noqa: F401 - each registers its commands
 
 
 _register()
