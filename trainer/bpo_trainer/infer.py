@@ -142,6 +142,10 @@ class InferConfig:
             "help": "vllm: the engine's max_model_len (prompt + rewrite); unset: the model's."
         },
     )
+    vllm_enforce_eager: bool = field(
+        default=False,
+        metadata={"help": "vllm: no graph compilation (starts in seconds, decodes slower)."},
+    )
     ray_address: str | None = field(
         default=None,
         metadata={
@@ -198,6 +202,7 @@ def make_backend(config: InferConfig) -> Backend:
             dtype=config.dtype or "auto",
             max_model_len=config.vllm_max_model_len,
             max_batch_size=config.batch_size,
+            engine_kwargs={"enforce_eager": True} if config.vllm_enforce_eager else None,
         )
     if config.backend == "local":
         from bpo_integrations.backends.local import LocalBackend
