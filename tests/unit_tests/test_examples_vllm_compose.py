@@ -220,12 +220,23 @@ def test_the_sglang_service_is_deployable_on_a_gpu() -> None:
 @pytest.mark.parametrize("example", [VLLM_EXAMPLE, SGLANG_EXAMPLE], ids=["vllm", "sglang"])
 def test_docker_compose_accepts_the_file(example: Path) -> None:
     docker = shutil.which("docker")
-    if docker is None or subprocess.run(
-        [docker, "compose", "version"], capture_output=True, check=False
-    ).returncode:
+    if (
+        docker is None
+        or subprocess.run(
+            [docker, "compose", "version"], capture_output=True, check=False
+        ).returncode
+    ):
         pytest.skip("the docker compose client is not installed")
     result = subprocess.run(
-        [docker, "compose", "-f", str(example / "docker-compose.yml"), "config", "--format", "json"],
+        [
+            docker,
+            "compose",
+            "-f",
+            str(example / "docker-compose.yml"),
+            "config",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(Path.home())},
