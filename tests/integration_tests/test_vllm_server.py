@@ -131,7 +131,8 @@ def in_process(dev_prompts: list[str]) -> list[tuple[str, bool, str | None]]:
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=MAX_NEW_TOKENS)
     backend = LocalBackend()
     try:
-        results = BPOOptimizer(backend, settings=settings, cache_size=0).optimize_batch(dev_prompts)
+        optimizer = BPOOptimizer(backend, settings=settings, timeout=3600, cache_size=0)
+        results = optimizer.optimize_batch(dev_prompts)
     finally:
         backend.close()
     return [(r.optimized, r.fell_back, r.fallback_reason) for r in results]

@@ -59,9 +59,9 @@ def test_the_vllm_engine_rewrites_as_the_in_process_backend_and_resumes(
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=128)
     backend = LocalBackend()
     try:
-        expected = BPOOptimizer(backend, settings=settings, cache_size=0).optimize_batch(
-            [r["instruction"] for r in records]
-        )
+        expected = BPOOptimizer(
+            backend, settings=settings, timeout=3600, cache_size=0
+        ).optimize_batch([r["instruction"] for r in records])
     finally:
         backend.close()
     same = sum(
