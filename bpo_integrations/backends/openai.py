@@ -1,7 +1,8 @@
-"""Optimizer backends on an OpenAI-compatible chat API (``openai`` client).
+"""Optimizer backends on an OpenAI-compatible API (``openai`` client).
 
-- :class:`OpenAIBackend`: the BPO model served behind a chat API (vLLM, TGI's Messages API,
-  ``bpo serve``), given the BPO user message.
+- :class:`OpenAIBackend`: the BPO model served by vLLM, SGLang, llama.cpp's server, TGI's ``/v1``
+  or ``bpo serve``, given the raw BPO template on ``/v1/completions`` (or the BPO user message on
+  ``/v1/chat/completions`` with ``api="chat"``).
 - :class:`OpenAIPromptEngineerBackend`: a general chat model (gpt-4o, ...) instructed to act as a
   prompt engineer, the BPO paper's "optimize without feedback" baseline.
 """
@@ -15,7 +16,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from bpo_integrations.backends._http import (
     PerLoopClients,
@@ -33,7 +34,7 @@ from bpo_integrations.errors import (
     TransientBackendError,
 )
 from bpo_integrations.settings import Generation, GenerationSettings
-from bpo_integrations.template import format_bpo_message
+from bpo_integrations.template import format_bpo_message, format_bpo_prompt
 
 try:
     import openai
@@ -55,18 +56,31 @@ DEFAULT_PROMPT_ENGINEER_INSTRUCTION = (
 )
 """The system instruction of :class:`OpenAIPromptEngineerBackend`."""
 
+Api = Literal["completions", "chat"]
+
 _TRANSIENT_STATUS = (429, 502, 503, 504)
+_PROBE_TIMEOUT_S = 5.0
 _START_HINT = (
-    "start an OpenAI-compatible server, e.g. `bpo serve --port 8000` (base_url "
-    "'http://localhost:8000/v1') or `vllm serve THUDM/BPO`"
+    "start an OpenAI-compatible server, e.g. `vllm serve THUDM/BPO` (base_url "
+    "'http://localhost:8000/v1') or `bpo serve --port 8000`"
+)
+_LORA_HINT = (
+    "to serve a LoRA adapter under that name start vLLM with `--enable-lora --lora-modules "
+    "{name}=/path/to/adapter` (SGLang: `--enable-lora --lora-paths {name}=/path/to/adapter`)"
 )
 
 
 class _ChatBackend(Backend):
-    """Shared client, settings mapping, concurrency and error mapping of the chat backends."""
+    """Shared client, settings mapping, concurrency and error mapping of the OpenAI backends.
+
+    ``api`` is the route each prompt goes to: ``"completions"`` sends :meth:`prompt_text` as the
+    raw ``prompt`` of ``/completions``, ``"chat"`` sends :meth:`messages` to
+    ``/chat/completions``, where the server's chat template wraps them.
+    """
 
     kind = "openai"
     max_batch_size = 1
+    api: Api = "chat"
 
     def __init__(
         self,
@@ -120,10 +134,15 @@ class _ChatBackend(Backend):
 
     @abstractmethod
     def messages(self, prompt: str) -> list[dict[str, str]]:
-        """The chat messages sent for one user prompt."""
+        """The chat messages sent for one user prompt (``api="chat"``)."""
+
+    def prompt_text(self, prompt: str) -> str:
+        """The raw ``prompt`` sent for one user prompt (``api="completions"``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no completions prompt")
 
     def completion_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
-        """The keyword arguments of ``chat.completions.create`` for ``settings``."""
+        """The sampling keyword arguments of ``completions.create`` and
+        ``chat.completions.create`` for ``settings``."""
         kwargs: dict[str, Any] = {
             "model": self.model,
             "max_tokens": settings.max_new_tokens,
@@ -143,11 +162,20 @@ class _ChatBackend(Backend):
         return min(limits) if limits else None
 
     def _create_kwargs(self, prompt: str, settings: GenerationSettings, timeout: float | None):
-        kwargs = {"messages": self.messages(prompt), **self.completion_kwargs(settings)}
+        if self.api == "completions":
+            kwargs = {"prompt": self.prompt_text(prompt), **self.completion_kwargs(settings)}
+        else:
+            kwargs = {"messages": self.messages(prompt), **self.completion_kwargs(settings)}
         request_timeout = self._request_timeout(timeout)
         if request_timeout is not None:
             kwargs["timeout"] = request_timeout
         return kwargs
+
+    def _create(self, client: Any, kwargs: dict[str, Any]) -> Any:
+        """``client``'s create call for :attr:`api` (a coroutine for an async client)."""
+        if self.api == "completions":
+            return client.completions.create(**kwargs)
+        return client.chat.completions.create(**kwargs)
 
     def _client(self) -> openai.OpenAI:
         with self._lock:
@@ -165,9 +193,7 @@ class _ChatBackend(Backend):
 
         def one(prompt: str) -> Generation:
             try:
-                completion = client.chat.completions.create(
-                    **self._create_kwargs(prompt, settings, timeout)
-                )
+                completion = self._create(client, self._create_kwargs(prompt, settings, timeout))
             except Exception as error:
                 raise_mapped(self._map_error, error, started)
             return self._to_generation(completion)
@@ -184,9 +210,12 @@ class _ChatBackend(Backend):
         async def one(prompt: str) -> Generation:
             async with semaphore:
                 try:
-                    completion = await client.chat.completions.create(
-                        **self._create_kwargs(prompt, settings, timeout)
+                    completion = await self._create(
+                        client, self._create_kwargs(prompt, settings, timeout)
                     )
+                except openai.NotFoundError as error:  # asks the server why, off the loop
+                    mapped = await asyncio.to_thread(self._map_error, error, 0.0)
+                    raise mapped from error
                 except Exception as error:
                     raise_mapped(self._map_error, error, started)
             return self._to_generation(completion)
@@ -196,18 +225,24 @@ class _ChatBackend(Backend):
     def _to_generation(self, completion: Any) -> Generation:
         try:
             choice = completion.choices[0]
-            text = choice.message.content
+            text = choice.text if self.api == "completions" else choice.message.content
             finish = choice.finish_reason
         except (AttributeError, IndexError, TypeError) as error:
             raise BackendError(
-                f"{self._where} answered a chat completion without a choice: {completion!r:.200}"
+                f"{self._where} answered a completion without a choice: {completion!r:.200}"
             ) from error
+        # vLLM names the stop string that ended a completion in `stop_reason`, SGLang in
+        # `matched_stop` (a token id, or None, when the model's end-of-sequence token ended it)
+        matched = getattr(choice, "stop_reason", None) or getattr(choice, "matched_stop", None)
+        reason: Any = "unknown"
+        if finish == "length":
+            reason = "length"
+        elif finish:
+            reason = "stop_sequence" if isinstance(matched, str) else "eos_token"
         usage = getattr(completion, "usage", None)
         return Generation(
             text=self._clean(text or ""),
-            finish_reason="length"
-            if finish == "length"
-            else ("eos_token" if finish else "unknown"),
+            finish_reason=reason,
             generated_tokens=getattr(usage, "completion_tokens", None),
             extra={"finish_reason": finish, "model": getattr(completion, "model", None)},
         )
@@ -258,11 +293,7 @@ class _ChatBackend(Backend):
                 f"cannot connect to the chat API at {where} ({cause}){hint}"
             )
         if isinstance(error, openai.NotFoundError):
-            return BackendError(
-                f"model {self.model!r} not found at {where} ({_status_text(error)}): list the "
-                f"served models with `curl {self.base_url or 'https://api.openai.com/v1'}/models` "
-                f"or openai.OpenAI(base_url=...).models.list(), and pass one as model="
-            )
+            return self._not_found(error)
         if isinstance(error, openai.APIStatusError):
             status = error.status_code
             text = f"{where} answered HTTP {status}: {_status_text(error)}"
@@ -276,6 +307,66 @@ class _ChatBackend(Backend):
             return BackendError(f"{where} answered malformed JSON: {error}")
         return BackendError(f"{where} failed: {type(error).__name__}: {error}")
 
+    def _not_found(self, error: openai.NotFoundError) -> BackendError:
+        """Why the server answered 404, asked of the server: the served models, or its kind."""
+        where, route = self._where, "/completions" if self.api == "completions" else "/chat"
+        text = _status_text(error)
+        listing = f"`curl {self.base_url or 'https://api.openai.com/v1'}/models`"
+        if self.base_url is None:
+            return BackendError(
+                f"model {self.model!r} not found at {where} ({text}): list the models with "
+                f"{listing} or openai.OpenAI().models.list(), and pass one as model="
+            )
+        served = self._probe(lambda client: _served_models(client.models.list()))
+        if served is None:
+            info = self._probe(lambda client: client.get("/info", cast_to=object))
+            if isinstance(info, Mapping) and "model_id" in info:
+                return BackendError(
+                    f"{self.base_url} is the root of a TGI server ({info.get('router')}, model "
+                    f"{info.get('model_id')!r}), not an OpenAI base URL: pass "
+                    f"base_url={self.base_url + '/v1'!r} (TGI's OpenAI routes), or use "
+                    f"TGIBackend({self.base_url!r})"
+                )
+            hint = (
+                f"the base URL of vLLM, SGLang and llama.cpp's server ends in /v1: pass "
+                f"base_url={self.base_url + '/v1'!r}"
+                if not self.base_url.endswith("/v1")
+                else "is it an OpenAI-compatible server?"
+            )
+            return BackendError(
+                f"no OpenAI API at {self.base_url} (HTTP 404 on {route}, and on /models): {hint}"
+            )
+        base = [name for name, parent in served if parent is None]
+        loras = [name for name, parent in served if parent is not None]
+        if self.model in base + loras:
+            return BackendError(
+                f"{where} serves {self.model!r} but has no {route} route ({text}): "
+                + (
+                    "pass api='chat' if it offers only the chat API"
+                    if self.api == "completions"
+                    else "pass api='completions'"
+                )
+            )
+        loaded = f"LoRA modules {loras}" if loras else "no LoRA module"
+        return BackendError(
+            f"model {self.model!r} is not served by {where}: it serves {base} and {loaded} "
+            f"({text}). Pass one of them as model=, or, if {self.model!r} is a LoRA adapter, "
+            + _LORA_HINT.format(name=self.model)
+        )
+
+    def _probe(self, request: Any) -> Any:
+        """``request(client)`` with a short timeout; ``None`` if the server cannot answer it."""
+        try:
+            return request(self._client().with_options(timeout=_PROBE_TIMEOUT_S))
+        except (openai.OpenAIError, ValueError, TypeError):
+            return None
+
+
+def _served_models(page: Any) -> list[tuple[str, str | None]]:
+    """``(id, parent)`` of each model a ``/models`` page lists; ``parent`` is the base model of a
+    LoRA module (vLLM, SGLang), ``None`` for a base model."""
+    return [(model.id, getattr(model, "parent", None)) for model in page.data]
+
 
 def _status_text(error: openai.APIStatusError) -> str:
     body = error.body
@@ -287,20 +378,29 @@ def _status_text(error: openai.APIStatusError) -> str:
 
 
 class OpenAIBackend(_ChatBackend):
-    """The BPO model served behind an OpenAI-compatible chat API (vLLM, TGI ``/v1``, ``bpo serve``).
+    """The BPO model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp, TGI, bpo serve).
 
-    The user message is the BPO instruction and the prompt
-    (:func:`~bpo_integrations.template.format_bpo_message`); the server's chat template adds
-    ``[INST] ... [/INST]``. ``temperature``, ``top_p``, ``max_tokens`` (``max_new_tokens``),
-    ``seed`` and ``stop`` come from the :class:`GenerationSettings`; greedy settings send
-    ``temperature=0``. The chat API has no bad-word list or minimum length, so the aggressive
-    mode's cut markers are sent as ``stop``. The client's own retries are off
-    (``max_retries=0``): the optimizer retries within its latency budget.
+    Each prompt goes to ``/v1/completions`` wrapped in the raw BPO template
+    (:func:`~bpo_integrations.template.format_bpo_prompt`), the format the model was trained on,
+    with no chat template on top. ``model`` is the served model's name or, on a vLLM or SGLang
+    server that serves the optimizer as a LoRA adapter (``--lora-modules bpo=/path``), the LoRA
+    module's name. ``api="chat"`` sends the BPO user message
+    (:func:`~bpo_integrations.template.format_bpo_message`) to ``/v1/chat/completions`` instead,
+    for servers that offer only a chat API; the server's chat template then adds
+    ``[INST] ... [/INST]`` (the same tokens for a Llama-2 chat model such as ``THUDM/BPO``).
+
+    ``temperature``, ``top_p``, ``max_tokens`` (``max_new_tokens``), ``seed`` and ``stop`` come
+    from the :class:`GenerationSettings`; greedy settings send ``temperature=0``. The OpenAI API
+    has no bad-word list or minimum length, so the aggressive mode's cut markers are sent as
+    ``stop``. The client's own retries are off (``max_retries=0``): the optimizer retries within
+    its latency budget. A 404 is explained by asking the server: the models and LoRA modules it
+    serves (``/v1/models``), or that the URL is a TGI server's root (``/info``) or lacks ``/v1``.
 
     Args:
-        model: the served model's name (``GET {base_url}/models``).
+        model: the served model's name or LoRA module (``GET {base_url}/models`` lists both).
         base_url: e.g. ``"http://localhost:8000/v1"``; defaults to ``$OPENAI_BASE_URL``.
         api_key: defaults to ``$OPENAI_API_KEY``, or ``"EMPTY"`` when ``base_url`` is set.
+        api: ``"completions"`` (raw BPO template) or ``"chat"`` (the server's chat template).
         timeout: request timeout in seconds; the optimizer's remaining budget caps it per call.
         max_concurrency: concurrent requests for a list of prompts.
         default_headers: extra HTTP headers for every request.
@@ -309,7 +409,7 @@ class OpenAIBackend(_ChatBackend):
         >>> from bpo_integrations import BPOOptimizer
         >>> from bpo_integrations.testing.servers import ScriptedServer
         >>> rewrite = "List three uses of Python, with one example each."
-        >>> with ScriptedServer(lambda message: rewrite, model_id="THUDM/BPO") as server:
+        >>> with ScriptedServer(lambda raw: rewrite, model_id="THUDM/BPO", flavor="vllm") as server:
         ...     backend = OpenAIBackend("THUDM/BPO", base_url=server.url + "/v1")
         ...     BPOOptimizer(backend, timeout=10).optimize("python uses?").text
         'List three uses of Python, with one example each.'
@@ -317,11 +417,40 @@ class OpenAIBackend(_ChatBackend):
 
     name = "openai"
 
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api: Api = "completions",
+        timeout: float | None = None,
+        max_concurrency: int = 16,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
+        super().__init__(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            default_headers=default_headers,
+        )
+        self.api = api
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api={self.api!r})"
+
+    def prompt_text(self, prompt: str) -> str:
+        return format_bpo_prompt(prompt)
+
     def messages(self, prompt: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": format_bpo_message(prompt)}]
 
     def cache_identity(self) -> Hashable:
-        return ("openai", self.base_url, self.model)
+        return ("openai", self.base_url, self.model, self.api)
 
 
 class OpenAIPromptEngineerBackend(_ChatBackend):

@@ -29,7 +29,7 @@ def _quiet_dependencies(ctx: typer.Context) -> None:
 
 
 def _register() -> None:
-    from bpo_integrations.cli import optimize, serve  # noqa: F401 - each registers its commands
+    from bpo_integrations.cli import check, optimize, serve  # noqa: F401 - each registers its commands
 
 
 _register()

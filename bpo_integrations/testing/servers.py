@@ -1,11 +1,14 @@
-"""A real HTTP server on 127.0.0.1 that speaks TGI's and OpenAI's chat API with scripted answers.
+"""A real HTTP server on 127.0.0.1 that speaks TGI's and OpenAI's APIs with scripted answers.
 
 Standard library only. It answers with ``responder(text)`` and can inject faults (HTTP errors with
 ``Retry-After``, hangs, malformed JSON, dropped connections, empty or runaway completions), so that
 clients and backends are tested against real sockets rather than mocks.
 
 Response shapes follow TGI's published OpenAPI schema (``GenerateResponse``, ``StreamResponse``,
-``Info``, ``ErrorResponse``, ``ChatCompletion``, ``ChatCompletionChunk``, ``ModelInfo``).
+``Info``, ``ErrorResponse``, ``ChatCompletion``, ``ChatCompletionChunk``, ``ModelInfo``). With
+``flavor="vllm"``, ``"sglang"`` or ``"llamacpp"`` it answers the routes by which those servers
+tell what they are instead of TGI's (``/version``; ``/server_info``; ``/props``), OpenAI-shaped
+errors, and ``/v1/models`` with the LoRA modules it serves.
 
 Example:
     >>> from huggingface_hub import InferenceClient
@@ -26,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +37,9 @@ from types import TracebackType
 from typing import Any, Literal
 
 FaultKind = Literal["status", "hang", "malformed_json", "drop_connection", "empty", "runaway"]
+Flavor = Literal["tgi", "vllm", "sglang", "llamacpp"]
+_FLAVORS = ("tgi", "vllm", "sglang", "llamacpp")
+_OWNED_BY = {"tgi": "bpo-integrations", "vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp"}
 
 _ERROR_TYPES = {
     422: "validation",
@@ -81,6 +87,8 @@ class _Completion:
     finish_reason: Literal["length", "eos_token", "stop_sequence"]
     words: list[str]
     seed: int | None
+    stop: str | None = None
+    """The stop sequence that ended the completion, if one did."""
 
 
 class _ValidationError(Exception):
@@ -135,9 +143,17 @@ class ScriptedServer:
     ``request_headers`` their headers (lower-case names).
 
     Endpoints: ``POST /generate``, ``POST /generate_stream``, ``POST /`` (TGI's compat route),
-    ``GET /info``, ``GET /health``, ``POST /v1/chat/completions`` (``stream`` too) and
+    ``GET /info``, ``GET /health``, ``POST /v1/chat/completions`` (``stream`` too),
+    ``POST /v1/completions`` (a raw ``prompt``, answered by ``responder(prompt)``) and
     ``GET /v1/models``. TGI answers ``/v1/models`` with one ``ModelInfo``; this server adds the
     ``data`` list that OpenAI clients read, so both kinds of client work.
+
+    ``flavor`` picks the server it stands in for: ``"tgi"`` (the default, with the routes above),
+    ``"vllm"`` (``GET /version``), ``"sglang"`` (``GET /server_info``, ``/model_info``) or
+    ``"llamacpp"`` (``GET /props``); the last three have no TGI routes, answer errors in OpenAI's
+    shape (``{"error": {"message": ...}}``) and list ``lora_modules`` in ``/v1/models`` with
+    ``parent`` set to ``model_id``, as vLLM and SGLang do. An OpenAI request naming a model that is
+    neither ``model_id`` nor a LoRA module gets 404.
 
     Example:
         >>> import httpx
@@ -155,12 +171,28 @@ class ScriptedServer:
         *,
         chat_responder: Callable[[list[dict[str, Any]]], str] | None = None,
         model_id: str = "scripted-bpo",
+        flavor: Flavor = "tgi",
+        lora_modules: Sequence[str] = (),
+        version: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        if flavor not in _FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}: choose one of {_FLAVORS}")
         self.responder: Callable[[str], str] = responder or _echo
         self.chat_responder = chat_responder
         self.model_id = model_id
+        self.flavor: Flavor = flavor
+        self.lora_modules = tuple(lora_modules)
+        self.version = (
+            version
+            or {
+                "tgi": "3.3.4-scripted",
+                "vllm": "0.32.0",
+                "sglang": "0.5.23",
+                "llamacpp": "b7000-scripted",
+            }[flavor]
+        )
         self.host = host
         self.port = port
         self.requests: list[tuple[str, dict[str, Any]]] = []
@@ -311,6 +343,7 @@ class ScriptedServer:
             raise TypeError(f"the responder must return a str, got {type(completion).__name__}")
         finish: Literal["length", "eos_token", "stop_sequence"] = "eos_token"
         cuts = [(completion.find(s), s) for s in stop if s and s in completion]
+        marker: str | None = None
         if cuts:
             index, marker = min(cuts)
             completion = completion[: index + len(marker)] if keep_stop else completion[:index]
@@ -318,8 +351,8 @@ class ScriptedServer:
         words = _split_words(completion)
         if max_tokens is not None and len(words) > max_tokens:
             words = words[:max_tokens]
-            finish = "length"
-        return _Completion("".join(words), finish, words, seed)
+            finish, marker = "length", None
+        return _Completion("".join(words), finish, words, seed, marker)
 
     def _info(self) -> dict[str, Any]:
         return {
@@ -334,7 +367,7 @@ class ScriptedServer:
             "validation_workers": 2,
             "max_client_batch_size": 4,
             "router": "text-generation-router",
-            "version": "3.3.4-scripted",
+            "version": self.version,
             "sha": None,
             "docker_label": None,
         }
@@ -344,8 +377,48 @@ class ScriptedServer:
             "id": self.model_id,
             "object": "model",
             "created": int(time.time()),
-            "owned_by": "bpo-integrations",
+            "owned_by": _OWNED_BY[self.flavor],
         }
+
+    def _model_list(self) -> dict[str, Any]:
+        base = self._model_info()
+        if self.flavor != "tgi":
+            base = {**base, "root": self.model_id, "parent": None}
+        loras = [
+            {**base, "id": name, "root": f"/adapters/{name}", "parent": self.model_id}
+            for name in self.lora_modules
+        ]
+        if self.flavor == "tgi":  # TGI's one ModelInfo, plus the list OpenAI clients read
+            return {**self._model_info(), "data": [base, *loras]}
+        return {"object": "list", "data": [base, *loras]}
+
+    def _served(self, model: Any) -> bool:
+        names = {self.model_id, *self.lora_modules}
+        return model in names or (self.flavor == "tgi" and model == "tgi")
+
+    def _flavor_route(self, path: str) -> dict[str, Any] | None:
+        """The body of a GET route by which a vLLM, SGLang or llama.cpp server identifies itself."""
+        if self.flavor == "vllm" and path == "/version":
+            return {"version": self.version}
+        if self.flavor == "sglang" and path in ("/server_info", "/get_server_info"):
+            return {
+                "model_path": self.model_id,
+                "served_model_name": self.model_id,
+                "enable_lora": bool(self.lora_modules),
+                "version": self.version,
+                "frontend": "python",
+            }
+        if self.flavor == "sglang" and path in ("/model_info", "/get_model_info"):
+            return {"model_path": self.model_id, "is_generation": True}
+        if self.flavor == "llamacpp" and path == "/props":
+            return {
+                "default_generation_settings": {"n_ctx": 4096, "params": {"temperature": 0.8}},
+                "total_slots": 1,
+                "model_path": f"/models/{self.model_id}.gguf",
+                "build_info": self.version,
+                "chat_template": "",
+            }
+        return None
 
 
 def _validate_tgi(body: dict[str, Any]) -> dict[str, Any]:
@@ -427,8 +500,20 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _send_error(self, status: int, message: str, error_type: str | None = None) -> None:
-            body = {"error": message, "error_type": error_type or _ERROR_TYPES.get(status, "error")}
+            body: dict[str, Any]
+            if server.flavor == "tgi":
+                error_type = error_type or _ERROR_TYPES.get(status, "error")
+                body = {"error": message, "error_type": error_type}
+            else:  # vLLM's, SGLang's and llama.cpp's OpenAI-shaped errors
+                kind = "NotFoundError" if status == 404 else "BadRequestError"
+                body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
             self._send_json(body, status)
+
+        def _no_route(self, method: str, path: str) -> None:
+            if server.flavor == "tgi":
+                self._send_error(404, f"no route {method} {path}", "not_found")
+            else:  # the FastAPI/httplib servers answer an unknown route so
+                self._send_json({"detail": "Not Found"}, 404)
 
         def _start_sse(self) -> None:
             self.send_response(200)
@@ -479,19 +564,23 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             fault = server._record(path, {}, self._headers())
             if self._apply_fault(fault):
                 return
+            flavored = server._flavor_route(path)
             if fault is not None and fault.kind == "malformed_json":
                 self._send_raw(b'{"model_id": "broken')
-            elif path == "/info":
+            elif path == "/info" and server.flavor == "tgi":
                 self._send_json(server._info())
+            elif path == "/health" and server.flavor == "llamacpp":
+                self._send_json({"status": "ok"})
             elif path == "/health":
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif path == "/v1/models":
-                models = server._model_info()
-                self._send_json({**models, "data": [models]})
+                self._send_json(server._model_list())
+            elif flavored is not None:
+                self._send_json(flavored)
             else:
-                self._send_error(404, f"no route GET {path}", "not_found")
+                self._no_route("GET", path)
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -508,14 +597,17 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self._send_error(422, "Failed to deserialize the JSON body", "validation")
                 return
             try:
-                if path in ("/generate", "/generate_stream", "/"):
+                tgi_route = path in ("/generate", "/generate_stream", "/")
+                if tgi_route and server.flavor == "tgi":
                     compat_stream = path == "/" and bool(body.get("stream"))
                     stream = path == "/generate_stream" or compat_stream
                     self._generate(body, fault, stream=stream, as_list=path == "/")
                 elif path in ("/v1/chat/completions", "/chat/completions"):
                     self._chat(body, fault)
+                elif path == "/v1/completions":
+                    self._completions(body, fault)
                 else:
-                    self._send_error(404, f"no route POST {path}", "not_found")
+                    self._no_route("POST", path)
             except _ValidationError as error:
                 self._send_error(422, str(error), "validation")
             except Exception as error:  # a failing responder: answer 500 instead of hanging up
@@ -581,12 +673,72 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 }
             self._send_json([response] if as_list else response)
 
-        def _chat(self, body: dict[str, Any], fault: Fault | None) -> None:
+        def _unknown_model(self, body: dict[str, Any]) -> bool:
+            """Answer 404 (vLLM's message) for a model this server does not serve."""
             model = body.get("model")
-            if model not in (server.model_id, "tgi"):
-                self._send_error(
-                    404, f"The model `{model}` does not exist. Served: {server.model_id}", "model"
+            if server._served(model):
+                return False
+            served = ", ".join([server.model_id, *server.lora_modules])
+            message = f"The model `{model}` does not exist. Valid aliases: {served}."
+            self._send_error(404, message, "model")
+            return True
+
+        def _completions(self, body: dict[str, Any], fault: Fault | None) -> None:
+            if self._unknown_model(body):
+                return
+            prompt = body.get("prompt")
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            bad_prompt = "`prompt` must be a string or a non-empty list of strings"
+            if not isinstance(prompts, list) or not prompts:
+                raise _ValidationError(bad_prompt)
+            stop = body.get("stop") or []
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            choices, prompt_tokens, completion_tokens = [], 0, 0
+            for index, text in enumerate(prompts):
+                if not isinstance(text, str) or not text:
+                    raise _ValidationError(bad_prompt)
+                done = server._complete(
+                    text,
+                    fault,
+                    max_tokens=body.get("max_tokens", 16),
+                    stop=stop,
+                    seed=body.get("seed"),
+                    keep_stop=False,
                 )
+                matched = done.stop
+                choice: dict[str, Any] = {
+                    "index": index,
+                    "text": done.text,
+                    "finish_reason": "length" if done.finish_reason == "length" else "stop",
+                    "logprobs": None,
+                }
+                if server.flavor == "vllm":
+                    choice["stop_reason"] = matched
+                if server.flavor == "sglang":
+                    choice["matched_stop"] = matched
+                choices.append(choice)
+                prompt_tokens += len(_split_words(text))
+                completion_tokens += len(done.words)
+            if fault is not None and fault.kind == "malformed_json":
+                self._send_raw(b'{"id": "cmpl-broken", "choices": [{"te')
+                return
+            self._send_json(
+                {
+                    "id": f"cmpl-{uuid.uuid4().hex[:12]}",
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": body.get("model") or server.model_id,
+                    "choices": choices,
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }
+            )
+
+        def _chat(self, body: dict[str, Any], fault: Fault | None) -> None:
+            if self._unknown_model(body):
                 return
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:

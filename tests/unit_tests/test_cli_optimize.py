@@ -296,7 +296,7 @@ def test_tgi_and_openai_backends_reach_a_real_server() -> None:
         paths = [path for path, _ in server.requests]
     assert tgi.exit_code == 0 and chat.exit_code == 0, tgi.output + chat.output
     assert tgi.stdout == chat.stdout == rewrite + "\n"
-    assert paths[0] in ("/", "/generate") and paths[1] == "/v1/chat/completions"  # TGI, then chat
+    assert paths[0] in ("/", "/generate") and paths[1] == "/v1/completions"  # TGI, then OpenAI
 
 
 def test_unreachable_endpoint_is_an_error_not_an_echo(tmp_path: Path) -> None:

@@ -4,13 +4,17 @@ The paper's use is rewriting Alpaca's 52k instructions (``tatsu-lab/alpaca``) be
 responses for them. Each record's prompt field is rewritten; its context field (Alpaca's ``input``)
 is passed along untouched. Results are appended to a JSONL file one record per prompt, so a crashed
 or interrupted run started again skips the prompts already done and loses nothing.
+
+Past one server, ``--engine vllm`` runs the batches on vLLM's offline engine in this process and
+``--engine ray`` shards the data set over a Ray cluster (:mod:`bpo_trainer.engines`); the file,
+the resuming and the fallback rules are the same.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,21 +65,31 @@ class InferConfig:
         default="outputs/alpaca_bpo.jsonl",
         metadata={"help": "JSONL file the results are appended to (and resumed from)."},
     )
+    engine: Literal["backend", "vllm", "ray"] = field(
+        default="backend",
+        metadata={
+            "help": "'backend': batches go to --backend; 'vllm': vLLM's offline engine in this "
+            "process (LLM.generate; --model, --adapter through LoRARequest); 'ray': the data set "
+            "sharded over a Ray cluster with Ray Data, one optimizer per worker (--ray_*)."
+        },
+    )
     backend: Literal["local", "tgi", "openai"] = field(
         default="local",
         metadata={
             "help": "Where the BPO model runs: in-process transformers ('local'), a TGI server, "
-            "or an OpenAI-compatible server."
+            "or an OpenAI-compatible server (vLLM, SGLang: --endpoint .../v1)."
         },
     )
     model: str = field(
         default="THUDM/BPO",
         metadata={
-            "help": "local: model folder or Hub id; openai: the served model's name; tgi: unused."
+            "help": "local, vllm: model folder or Hub id; openai: the served model's or LoRA "
+            "module's name; tgi: unused."
         },
     )
     adapter: str | None = field(
-        default=None, metadata={"help": "local: a LoRA adapter folder applied on top of model."}
+        default=None,
+        metadata={"help": "local, vllm: a LoRA adapter folder applied on top of model."},
     )
     endpoint: str | None = field(
         default=None,
@@ -122,10 +136,41 @@ class InferConfig:
         default=None, metadata={"help": "Optimize only the first N records."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    vllm_max_model_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "vllm: the engine's max_model_len (prompt + rewrite); unset: the model's."
+        },
+    )
+    vllm_enforce_eager: bool = field(
+        default=False,
+        metadata={"help": "vllm: no graph compilation (starts in seconds, decodes slower)."},
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "ray: the cluster ('auto', 'ray://host:10001'); unset: $RAY_ADDRESS or local."
+        },
+    )
+    ray_workers: int = field(default=1, metadata={"help": "ray: workers, one optimizer each."})
+    ray_worker_engine: Literal["vllm", "backend"] = field(
+        default="vllm",
+        metadata={"help": "ray: what each worker runs: a vLLM engine, or --backend."},
+    )
+    ray_gpus_per_worker: float = field(
+        default=0.0, metadata={"help": "ray: GPUs per worker (1 for a vLLM engine on a GPU)."}
+    )
+    ray_cpus_per_worker: float = field(default=1.0, metadata={"help": "ray: CPUs per worker."})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise TrainerConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.engine not in ("backend", "vllm", "ray"):
+            raise TrainerConfigError(
+                f"engine={self.engine!r} is not supported: choose 'backend', 'vllm' or 'ray'"
+            )
+        if self.ray_workers < 1:
+            raise TrainerConfigError(f"ray_workers must be >= 1, got {self.ray_workers}")
         if self.backend == "tgi" and not self.endpoint:
             raise TrainerConfigError(
                 "backend 'tgi' needs --endpoint, the server's URL (e.g. http://localhost:8080)"
@@ -147,7 +192,18 @@ class InferSummary:
 
 
 def make_backend(config: InferConfig) -> Backend:
-    """The backend ``config`` names."""
+    """The backend ``config`` names (the vLLM engine for ``engine="vllm"``)."""
+    if config.engine == "vllm":
+        from bpo_trainer.engines.vllm import VLLMEngineBackend
+
+        return VLLMEngineBackend(
+            config.model,
+            adapter=config.adapter,
+            dtype=config.dtype or "auto",
+            max_model_len=config.vllm_max_model_len,
+            max_batch_size=config.batch_size,
+            engine_kwargs={"enforce_eager": True} if config.vllm_enforce_eager else None,
+        )
     if config.backend == "local":
         from bpo_integrations.backends.local import LocalBackend
 
@@ -209,16 +265,86 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _output_record(
-    key_name: str, key: Any, record: dict[str, Any], result: OptimizationResult
-) -> dict[str, Any]:
+def worker_backend(config: InferConfig) -> Backend:
+    """What one Ray worker optimizes with: a vLLM engine, or the configured backend."""
+    engine = "vllm" if config.ray_worker_engine == "vllm" else "backend"
+    return make_backend(replace(config, engine=engine))
+
+
+def build_optimizer(config: InferConfig, backend: Backend) -> BPOOptimizer:
+    """The optimizer ``config`` describes, over ``backend``."""
+    settings = GenerationSettings.for_mode(
+        config.mode, max_new_tokens=config.max_new_tokens, seed=config.seed
+    )
+    return BPOOptimizer(
+        backend,
+        settings=settings,
+        iterations=config.iterations,
+        timeout=config.timeout,
+        on_error=config.on_error,
+        max_concurrency=config.max_concurrency,
+        cache_size=0,
+    )
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One optimized prompt, from whichever engine."""
+
+    key: Any
+    record: dict[str, Any]
+    optimized: str
+    fell_back: bool
+    fallback_reason: str | None
+
+    @classmethod
+    def of(cls, key: Any, record: dict[str, Any], result: OptimizationResult) -> _Done:
+        return cls(key, record, result.optimized, result.fell_back, result.fallback_reason)
+
+
+def _output_record(key_name: str, done: _Done) -> dict[str, Any]:
     return {
-        **record,
-        key_name: key,
-        "optimized_prompt": result.optimized,
-        "fell_back": result.fell_back,
-        "fallback_reason": result.fallback_reason,
+        **done.record,
+        key_name: done.key,
+        "optimized_prompt": done.optimized,
+        "fell_back": done.fell_back,
+        "fallback_reason": done.fallback_reason,
     }
+
+
+def _optimized_batches(
+    config: InferConfig, pending: Sequence[tuple[Any, dict[str, Any]]], backend: Backend | None
+) -> Iterator[list[_Done]]:
+    """The pending prompts optimized, batch by batch, by the engine ``config`` names."""
+    if config.engine == "ray":
+        if backend is not None:
+            raise TrainerConfigError(
+                "engine='ray' builds one backend per worker from the config: pass no backend"
+            )
+        from bpo_trainer.engines.ray import key_json, optimize_on_ray
+
+        by_key = {key_json(key): (key, record) for key, record in pending}
+        items = [
+            (key_json(key), str(record[config.prompt_field] or ""), _context(config, record))
+            for key, record in pending
+        ]
+        for rows in optimize_on_ray(config, items):
+            yield [_Done(*by_key[key], text, fell, reason) for key, text, fell, reason in rows]
+        return
+    own_backend = backend is None
+    optimizer = build_optimizer(config, backend or make_backend(config))
+    try:
+        for batch in _batches(pending, config.batch_size):
+            prompts = [str(record[config.prompt_field] or "") for _, record in batch]
+            contexts = [_context(config, record) for _, record in batch]
+            results = optimizer.optimize_batch(prompts, contexts=contexts)
+            yield [
+                _Done.of(key, record, result)
+                for (key, record), result in zip(batch, results, strict=True)
+            ]
+    finally:
+        if own_backend:
+            optimizer.close()
 
 
 def run_infer(config: InferConfig, *, backend: Backend | None = None) -> InferSummary:
@@ -248,50 +374,33 @@ def run_infer(config: InferConfig, *, backend: Backend | None = None) -> InferSu
     if not pending:
         return InferSummary(output, len(keyed), already, 0, 0, 0)
 
-    own_backend = backend is None
-    backend = backend or make_backend(config)
-    settings = GenerationSettings.for_mode(
-        config.mode, max_new_tokens=config.max_new_tokens, seed=config.seed
-    )
-    optimizer = BPOOptimizer(
-        backend,
-        settings=settings,
-        iterations=config.iterations,
-        timeout=config.timeout,
-        on_error=config.on_error,
-        max_concurrency=config.max_concurrency,
-        cache_size=0,
-    )
+    where = config.engine if config.engine != "backend" else f"{config.backend} backend"
+    batches = _optimized_batches(config, pending, backend)
     bar = _progress(config, total=len(keyed), initial=already)
     try:
         with JsonlWriter(output) as writer:
-            for batch in _batches(pending, config.batch_size):
-                prompts = [str(record[config.prompt_field] or "") for _, record in batch]
-                contexts = [_context(config, record) for _, record in batch]
-                results = optimizer.optimize_batch(prompts, contexts=contexts)
+            for batch in batches:
                 failed = []
-                for (key, record), result in zip(batch, results, strict=True):
-                    reason = result.fallback_reason or ""
-                    if result.fell_back and reason.startswith(_BACKEND_FAILURES):
+                for done in batch:
+                    reason = done.fallback_reason or ""
+                    if done.fell_back and reason.startswith(_BACKEND_FAILURES):
                         failed.append(reason)
                         continue
-                    writer.write(_output_record(key_name, key, record, result))
+                    writer.write(_output_record(key_name, done))
                     written += 1
-                    fell_back += result.fell_back
+                    fell_back += done.fell_back
                 retry += len(failed)
                 if bar is not None:
                     bar.update(len(batch))
                 if failed and len(failed) == len(batch):
                     raise StageFailedError(
-                        f"every prompt of a batch failed ({failed[0]}); fix the {backend.name} "
-                        f"backend and run again: the {already + written} finished prompts in "
-                        f"{output} are kept"
+                        f"every prompt of a batch failed ({failed[0]}); fix the {where} and run "
+                        f"again: the {already + written} finished prompts in {output} are kept"
                     )
     finally:
+        batches.close()
         if bar is not None:
             bar.close()
-        if own_backend:
-            optimizer.close()
     if retry:
         logger.warning("%d prompts failed for backend reasons; run again to retry them", retry)
     return InferSummary(output, len(keyed), already, written, fell_back, retry)
