@@ -1,4 +1,4 @@
-"""The ``bpo`` command line: ``bpo optimize``, ``bpo serve``, ``bpo check``."""
+"""The ``bpo`` command line: ``bpo optimize``, ``bpo serve``, ``bpo check``, ``bpo proxy``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bpo_integrations.cli import optimize, serve  # noqa: F401 - each registers its commands
+    from bpo_integrations.cli import optimize, proxy, serve  # noqa: F401 - each registers its commands
 
 
 _register()
