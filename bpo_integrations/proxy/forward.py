@@ -1,4 +1,9 @@
-"""Forwarding to the upstream over one shared ``httpx.AsyncClient``, streamed both ways.
+"""Forwarding to the upstream over one shared ``AsyncClient``, streamed both ways.
+
+The client is httpx2's (pydantic's maintained fork of httpx, same API; huggingface_hub>=2 uses
+it too): httpcore 1.0's connection pool does work quadratic in its open connections on every
+request, and under a burst of concurrent streams it held the proxy's event loop long enough for
+connects to time out. httpx2's pool is linear.
 
 The upstream's answer goes back as it comes: its status, its headers (less the hop-by-hop ones)
 and its raw bytes, chunk by chunk, never buffered or decoded. An upstream that breaks off mid-answer
@@ -15,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Send
 
@@ -74,12 +79,14 @@ class Upstream:
         self.config = config
         self.metrics = metrics
         self.label = redact_url(config.upstream_base)
-        timeout = httpx.Timeout(config.upstream_timeout, connect=min(10.0, config.upstream_timeout))
-        limits = httpx.Limits(
+        timeout = httpx2.Timeout(
+            config.upstream_timeout, connect=min(10.0, config.upstream_timeout)
+        )
+        limits = httpx2.Limits(
             max_connections=config.max_connections,
             max_keepalive_connections=config.max_connections,
         )
-        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        self.client = httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
         key = config.upstream_api_key
         self._upstream_auth = b"" if key is None else f"Bearer {key}".encode()
 
@@ -122,15 +129,17 @@ class Upstream:
         sent = time.perf_counter()
         try:
             response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as error:
+        except httpx2.TimeoutException as error:
             return self._failed(
+                extra_headers,
                 504,
                 "timeout",
                 f"the upstream {self.label} did not answer within "
                 f"{self.config.upstream_timeout:g}s ({type(error).__name__})",
             )
-        except httpx.HTTPError as error:
+        except httpx2.HTTPError as error:
             return self._failed(
+                extra_headers,
                 502,
                 "unreachable",
                 f"cannot reach the upstream {self.label}: {type(error).__name__}: {error}",
@@ -138,11 +147,15 @@ class Upstream:
         self.metrics.upstream_headers_duration.observe(time.perf_counter() - sent)
         return UpstreamResponse(self, response, path, extra_headers or {})
 
-    def _failed(self, status: int, kind: str, message: str) -> Any:
+    def _failed(
+        self, headers: Mapping[str, str] | None, status: int, kind: str, message: str
+    ) -> Any:
         logger.warning("%s", message)
         self.metrics.upstream_errors.labels(kind=kind).inc()
         error_type = "upstream_timeout" if status == 504 else "upstream_unavailable"
-        return error_response(status, message, error_type)
+        response = error_response(status, message, error_type)
+        response.headers.update(headers or {})
+        return response
 
 
 class UpstreamResponse(StreamingResponse):
@@ -151,7 +164,7 @@ class UpstreamResponse(StreamingResponse):
     def __init__(
         self,
         upstream: Upstream,
-        response: httpx.Response,
+        response: httpx2.Response,
         path: str,
         extra_headers: Mapping[str, str],
     ) -> None:
@@ -182,7 +195,7 @@ class UpstreamResponse(StreamingResponse):
             try:
                 async for chunk in self.body_iterator:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as error:
+            except httpx2.HTTPError as error:
                 self.broken = error
                 self.upstream.metrics.upstream_errors.labels(kind="broken").inc()
                 logger.warning(

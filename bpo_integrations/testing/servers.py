@@ -98,9 +98,14 @@ class _ValidationError(Exception):
 class _QuietServer(ThreadingHTTPServer):
     """A client that hangs up is not a server failure: no traceback for it.
 
+    The accept queue holds 1024 connections (socketserver's default, 5, resets the connections of
+    a burst of concurrent clients before they are accepted).
+
     (On Python 3.11 formatting a traceback parses source with ``ast``, and two threads parsing at
     once can fail with "SystemError: AST constructor recursion depth mismatch".)
     """
+
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
