@@ -54,7 +54,7 @@ def test_the_proxy_command_end_to_end(tmp_path: Path) -> None:
         ScriptedServer(lambda text: f"Answer to: {text}", model_id="m") as upstream,
         ScriptedServer(rewrite) as optimizer,
     ):
-        port = free_port()
+        port, upstream_url = free_port(), upstream.url
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "BPO_PROXY_UPSTREAM_API_KEY": UPSTREAM_KEY}
         log = tmp_path / "proxy.log"
         command = [str(Path(sys.executable).parent / "bpo"), "proxy"]
@@ -95,7 +95,7 @@ def test_the_proxy_command_end_to_end(tmp_path: Path) -> None:
             code = process.wait(timeout=30)
     text = log.read_text()
     assert code in (0, -signal.SIGTERM), text  # uvicorn re-raises the signal it drained on
-    assert f"http://127.0.0.1:{port}/v1 -> {upstream.url}/v1" in text
+    assert f"http://127.0.0.1:{port}/v1 -> {upstream_url}/v1" in text
     assert UPSTREAM_KEY not in text and PROXY_KEY not in text
 
 
