@@ -310,10 +310,17 @@ class ScriptedServer:
             self.raw_bodies.append(raw)
             return self._faults.popleft() if self._faults else None
 
-    def _stall(self, seconds: float) -> None:
+    def _begin_stall(self) -> int:
+        """Count an answer as held (before its client can see it held); the release count."""
         with self._released:
-            releases = self._releases
             self._stalled += 1
+            return self._releases
+
+    def _stall(self, seconds: float, releases: int | None = None) -> None:
+        """Hold until a release after ``releases`` (taken by :meth:`_begin_stall`), or stop."""
+        if releases is None:
+            releases = self._begin_stall()
+        with self._released:
             try:
                 self._released.wait_for(
                     lambda: self._releases != releases or self._stopping.is_set(), seconds
@@ -469,9 +476,10 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def _send_raw(
             self, data: bytes, status: int = 200, headers: dict[str, str] | None = None
         ) -> None:
-            kind = self.fault.kind if self.fault is not None and status == 200 else None
-            if kind == "stall":
-                server._stall(self.fault.seconds)  # type: ignore[union-attr]
+            fault = self.fault if status == 200 else None
+            kind = None if fault is None else fault.kind
+            if fault is not None and kind == "stall":
+                server._stall(fault.seconds)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -505,14 +513,15 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             event = f"data: {data}\n\n".encode()
             if self.chunked:
                 event = f"{len(event):x}\r\n".encode() + event + b"\r\n"
+            fault = self.fault if self.events == 0 else None  # faults act after the first event
+            held = server._begin_stall() if fault is not None and fault.kind == "stall" else None
             self.wfile.write(event)
             self.wfile.flush()
             self.events += 1
-            if self.events == 1 and self.fault is not None:
-                if self.fault.kind == "stall":
-                    server._stall(self.fault.seconds)
-                elif self.fault.kind == "break":
-                    self._hang_up()
+            if fault is not None and held is not None:
+                server._stall(fault.seconds, held)
+            elif fault is not None and fault.kind == "break":
+                self._hang_up()
 
         def _hang_up(self) -> None:
             self.close_connection = True
