@@ -70,10 +70,9 @@ class BPOCallback(CustomLogger):
             from bpo_integrations.litellm import BPOCallback
 
             litellm.callbacks = [BPOCallback(BPOOptimizer(TGIBackend("http://localhost:8080")))]
-            response = await litellm.acompletion(
+            response = await litellm.acompletion(  # the model answers the rewrite
                 model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Why?"}]
             )
-            response._hidden_params  # the answer; the rewrite is in the call's metadata
 
         The LiteLLM proxy's ``config.yaml`` (the optimizer from ``BPO_*`` variables)::
 

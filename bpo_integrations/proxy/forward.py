@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import anyio
 import httpx2
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Send
 
 from bpo_integrations.proxy.config import ProxyConfig, redact_url
@@ -61,7 +60,9 @@ _RESPONSE_DROPPED = frozenset(
 )
 
 
-def error_response(status: int, message: str, error_type: str, code: str | None = None) -> Any:
+def error_response(
+    status: int, message: str, error_type: str, code: str | None = None
+) -> JSONResponse:
     """An answer of the proxy's own, in OpenAI's error shape."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return JSONResponse(body, status_code=status)
@@ -79,9 +80,8 @@ class Upstream:
         self.config = config
         self.metrics = metrics
         self.label = redact_url(config.upstream_base)
-        timeout = httpx2.Timeout(
-            config.upstream_timeout, connect=min(10.0, config.upstream_timeout)
-        )
+        self._connect_s = min(10.0, config.upstream_timeout)
+        timeout = httpx2.Timeout(config.upstream_timeout, connect=self._connect_s)
         limits = httpx2.Limits(
             max_connections=config.max_connections,
             max_keepalive_connections=config.max_connections,
@@ -118,7 +118,7 @@ class Upstream:
         body: bytes,
         *,
         extra_headers: Mapping[str, str] | None = None,
-    ) -> Any:
+    ) -> Response:
         """Send the request upstream and return the response that streams its answer back."""
         url = self.config.upstream_url(path)
         if query:
@@ -130,13 +130,7 @@ class Upstream:
         try:
             response = await self.client.send(request, stream=True)
         except httpx2.TimeoutException as error:
-            return self._failed(
-                extra_headers,
-                504,
-                "timeout",
-                f"the upstream {self.label} did not answer within "
-                f"{self.config.upstream_timeout:g}s ({type(error).__name__})",
-            )
+            return self._failed(extra_headers, 504, "timeout", self._timeout_message(error))
         except httpx2.HTTPError as error:
             return self._failed(
                 extra_headers,
@@ -147,9 +141,22 @@ class Upstream:
         self.metrics.upstream_headers_duration.observe(time.perf_counter() - sent)
         return UpstreamResponse(self, response, path, extra_headers or {})
 
+    def _timeout_message(self, error: httpx2.TimeoutException) -> str:
+        if isinstance(error, httpx2.ConnectTimeout):
+            return f"could not connect to the upstream {self.label} within {self._connect_s:g}s"
+        if isinstance(error, httpx2.PoolTimeout):
+            return (
+                f"all {self.config.max_connections} connections to the upstream {self.label} "
+                f"stayed busy for {self.config.upstream_timeout:g}s (--max-connections)"
+            )
+        return (
+            f"the upstream {self.label} did not answer within "
+            f"{self.config.upstream_timeout:g}s ({type(error).__name__})"
+        )
+
     def _failed(
         self, headers: Mapping[str, str] | None, status: int, kind: str, message: str
-    ) -> Any:
+    ) -> Response:
         logger.warning("%s", message)
         self.metrics.upstream_errors.labels(kind=kind).inc()
         error_type = "upstream_timeout" if status == 504 else "upstream_unavailable"
