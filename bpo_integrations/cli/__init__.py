@@ -1,4 +1,4 @@
-"""The ``bpo`` command line: ``bpo optimize``, ``bpo serve``, ``bpo check``."""
+"""The ``bpo`` command line: ``bpo optimize``, ``bpo serve``, ``bpo check``, ``bpo proxy``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _quiet_dependencies(ctx: typer.Context) -> None:
 
 
 def _register() -> None:
-    from bpo_integrations.cli import check, optimize, serve  # noqa: F401 - each registers its commands
+    from bpo_integrations.cli import check, optimize, proxy, serve  # noqa: F401 - each registers one
 
 
 _register()

@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 that speaks TGI's and OpenAI's APIs with scripted answers.
 
 Standard library only. It answers with ``responder(text)`` and can inject faults (HTTP errors with
-``Retry-After``, hangs, malformed JSON, dropped connections, empty or runaway completions), so that
-clients and backends are tested against real sockets rather than mocks.
+``Retry-After``, hangs, malformed JSON, dropped connections, streams that stall or break after their
+first event, empty or runaway completions), so that clients, backends and proxies are tested
+against real sockets rather than mocks.
 
 Response shapes follow TGI's published OpenAPI schema (``GenerateResponse``, ``StreamResponse``,
 ``Info``, ``ErrorResponse``, ``ChatCompletion``, ``ChatCompletionChunk``, ``ModelInfo``). With
@@ -27,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+import typing
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +38,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
-FaultKind = Literal["status", "hang", "malformed_json", "drop_connection", "empty", "runaway"]
+FaultKind = Literal[
+    "status", "hang", "malformed_json", "drop_connection", "empty", "runaway", "stall", "break"
+]
+_KINDS = typing.get_args(FaultKind)
 Flavor = Literal["tgi", "vllm", "sglang", "llamacpp"]
 _FLAVORS = ("tgi", "vllm", "sglang", "llamacpp")
 _OWNED_BY = {"tgi": "bpo-integrations", "vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp"}
@@ -62,6 +67,10 @@ class Fault:
       answer normally.
     - ``malformed_json``: answer 200 with a truncated JSON body (or SSE event).
     - ``drop_connection``: close the socket without answering.
+    - ``stall``: a stream sends its first event, then waits ``seconds`` (or until
+      :meth:`ScriptedServer.release`) before the rest; a plain answer waits before it is sent.
+    - ``break``: a stream sends its first event (chunked) and closes the socket; a plain answer
+      sends half its body (``Content-Length`` says the whole) and closes the socket.
     - ``empty``: answer an empty completion.
     - ``runaway``: answer a very long completion with ``finish_reason`` ``"length"``.
     """
@@ -72,9 +81,8 @@ class Fault:
     seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        kinds = ("status", "hang", "malformed_json", "drop_connection", "empty", "runaway")
-        if self.kind not in kinds:
-            raise ValueError(f"unknown fault kind {self.kind!r}: choose one of {kinds}")
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}: choose one of {_KINDS}")
         if not 400 <= self.status <= 599:
             raise ValueError(f"a fault status must be an HTTP error (400-599), got {self.status}")
         if not 0 <= self.seconds <= _MAX_HANG_S:
@@ -98,9 +106,14 @@ class _ValidationError(Exception):
 class _QuietServer(ThreadingHTTPServer):
     """A client that hangs up is not a server failure: no traceback for it.
 
+    The accept queue holds 1024 connections (socketserver's default, 5, resets the connections of
+    a burst of concurrent clients before they are accepted).
+
     (On Python 3.11 formatting a traceback parses source with ``ast``, and two threads parsing at
     once can fail with "SystemError: AST constructor recursion depth mismatch".)
     """
+
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
@@ -108,7 +121,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class _HungUp(ConnectionError):
-    """The client closed the connection before it sent the whole body."""
+    """The connection was cut: the client left mid-body, or a ``break`` fault hung up."""
 
 
 def _echo(text: str) -> str:
@@ -133,20 +146,21 @@ class ScriptedServer:
     """A TGI- and OpenAI-compatible HTTP server on 127.0.0.1 with scripted answers and faults.
 
     ``responder(text)`` returns the completion: ``text`` is TGI's ``inputs`` for ``/generate``,
-    ``/generate_stream`` and ``/``, or the last user message for ``/v1/chat/completions``. The
-    default echoes ``text``. ``chat_responder(messages)``, when given, answers chat requests
-    instead, from the whole ``messages`` list (system prompt and earlier turns included).
+    ``/generate_stream`` and ``/``, the last user message for ``/v1/chat/completions``, or the
+    ``prompt`` for ``/v1/completions``. The default echoes ``text``. ``chat_responder(messages)``,
+    when given, answers chat requests instead, from the whole ``messages`` list (system prompt
+    and earlier turns included).
     ``max_new_tokens``/``max_tokens`` truncate the completion (one token per word,
     ``finish_reason`` ``"length"``) and ``stop`` cuts it, as a real server does.
 
-    ``requests`` records ``(path, json_body)`` of every request, in order (``{}`` for GET), and
-    ``request_headers`` their headers (lower-case names).
+    ``requests`` records ``(path, json_body)`` of every request, in order (``{}`` for GET),
+    ``request_headers`` their headers (lower-case names) and ``raw_bodies`` their bytes.
 
     Endpoints: ``POST /generate``, ``POST /generate_stream``, ``POST /`` (TGI's compat route),
     ``GET /info``, ``GET /health``, ``POST /v1/chat/completions`` (``stream`` too),
-    ``POST /v1/completions`` (a raw ``prompt``, answered by ``responder(prompt)``) and
-    ``GET /v1/models``. TGI answers ``/v1/models`` with one ``ModelInfo``; this server adds the
-    ``data`` list that OpenAI clients read, so both kinds of client work.
+    ``POST /v1/completions`` (a raw ``prompt``, answered by ``responder(prompt)``; ``stream``
+    too) and ``GET /v1/models``. TGI answers ``/v1/models`` with one ``ModelInfo``; this server
+    adds the ``data`` list that OpenAI clients read, so both kinds of client work.
 
     ``flavor`` picks the server it stands in for: ``"tgi"`` (the default, with the routes above),
     ``"vllm"`` (``GET /version``), ``"sglang"`` (``GET /server_info``, ``/model_info``) or
@@ -197,6 +211,7 @@ class ScriptedServer:
         self.port = port
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.request_headers: list[dict[str, str]] = []
+        self.raw_bodies: list[bytes] = []
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -205,6 +220,9 @@ class ScriptedServer:
         self._httpd: _QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
+        self._released = threading.Condition()
+        self._releases = 0
+        self._stalled = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -239,6 +257,7 @@ class ScriptedServer:
         if httpd is None:
             return
         self._stopping.set()
+        self.release()
         httpd.shutdown()
         with self._lock:
             connections = list(self._connections)
@@ -280,6 +299,18 @@ class ScriptedServer:
         with self._lock:
             return len(self._faults)
 
+    def release(self) -> None:
+        """End the wait of every answer held by a ``stall`` fault now."""
+        with self._released:
+            self._releases += 1
+            self._released.notify_all()
+
+    @property
+    def stalled(self) -> int:
+        """Answers held by a ``stall`` fault right now."""
+        with self._released:
+            return self._stalled
+
     def paths(self) -> list[str]:
         """The paths of the requests received so far, in order."""
         with self._lock:
@@ -302,11 +333,32 @@ class ScriptedServer:
 
     # -- internals used by the handler ----------------------------------------------------------
 
-    def _record(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Fault | None:
+    def _record(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], raw: bytes = b""
+    ) -> Fault | None:
         with self._lock:
             self.requests.append((path, body))
             self.request_headers.append(headers)
+            self.raw_bodies.append(raw)
             return self._faults.popleft() if self._faults else None
+
+    def _begin_stall(self) -> int:
+        """Count an answer as held (before its client can see it held); the release count."""
+        with self._released:
+            self._stalled += 1
+            return self._releases
+
+    def _stall(self, seconds: float, releases: int | None = None) -> None:
+        """Hold until a release after ``releases`` (taken by :meth:`_begin_stall`), or stop."""
+        if releases is None:
+            releases = self._begin_stall()
+        with self._released:
+            try:
+                self._released.wait_for(
+                    lambda: self._releases != releases or self._stopping.is_set(), seconds
+                )
+            finally:
+                self._stalled -= 1
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
@@ -453,6 +505,11 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         server_version = "ScriptedTGI/1.0"
         disable_nagle_algorithm = True  # else each sequential request waits ~40 ms for an ACK
 
+        fault: Fault | None = None
+        chunked = False
+        events = 0
+        raw = b""
+
         def setup(self) -> None:
             super().setup()
             server._track(self.connection, add=True)
@@ -475,6 +532,7 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             if len(raw) < length:
                 raise _HungUp
+            self.raw = raw
             if not raw:
                 return {}
             try:
@@ -491,12 +549,21 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def _send_raw(
             self, data: bytes, status: int = 200, headers: dict[str, str] | None = None
         ) -> None:
+            fault = self.fault if status == 200 else None
+            kind = None if fault is None else fault.kind
+            if fault is not None and kind == "stall":
+                server._stall(fault.seconds)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
+            if kind == "break":
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._hang_up()
+                return
             self.wfile.write(data)
 
         def _send_error(self, status: int, message: str, error_type: str | None = None) -> None:
@@ -516,17 +583,36 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json({"detail": "Not Found"}, 404)
 
         def _start_sse(self) -> None:
+            self.chunked = self.fault is not None and self.fault.kind == "break"
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
+            if self.chunked:  # so that the cut is visible: a close-delimited body just ends
+                self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.close_connection = True
 
         def _sse(self, payload: Any) -> None:
             data = payload if isinstance(payload, str) else json.dumps(payload)
-            self.wfile.write(f"data: {data}\n\n".encode())
+            event = f"data: {data}\n\n".encode()
+            if self.chunked:
+                event = f"{len(event):x}\r\n".encode() + event + b"\r\n"
+            fault = self.fault if self.events == 0 else None  # faults act after the first event
+            held = server._begin_stall() if fault is not None and fault.kind == "stall" else None
+            self.wfile.write(event)
             self.wfile.flush()
+            self.events += 1
+            if fault is not None and held is not None:
+                server._stall(fault.seconds, held)
+            elif fault is not None and fault.kind == "break":
+                self._hang_up()
+
+        def _hang_up(self) -> None:
+            self.close_connection = True
+            with suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            raise _HungUp
 
         def _apply_fault(self, fault: Fault | None) -> bool:
             """Handle faults that replace the answer; ``True`` when the request is finished."""
@@ -561,7 +647,8 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
-            fault = server._record(path, {}, self._headers())
+            fault = self.fault = server._record(path, {}, self._headers())
+            self.events = 0
             if self._apply_fault(fault):
                 return
             flavored = server._flavor_route(path)
@@ -590,7 +677,8 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             recorded = body if body is not None else {"_invalid_json": True}
-            fault = server._record(path, recorded, self._headers())
+            fault = self.fault = server._record(path, recorded, self._headers(), self.raw)
+            self.events = 0
             if self._apply_fault(fault):
                 return
             if body is None:
@@ -604,12 +692,16 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     self._generate(body, fault, stream=stream, as_list=path == "/")
                 elif path in ("/v1/chat/completions", "/chat/completions"):
                     self._chat(body, fault)
-                elif path == "/v1/completions":
+                elif path in ("/v1/completions", "/completions") and body.get("stream"):
+                    self._streamed_completion(body, fault)
+                elif path in ("/v1/completions", "/completions"):
                     self._completions(body, fault)
                 else:
                     self._no_route("POST", path)
             except _ValidationError as error:
                 self._send_error(422, str(error), "validation")
+            except ConnectionError:  # a ``break`` fault, or a client that left mid-answer
+                self.close_connection = True
             except Exception as error:  # a failing responder: answer 500 instead of hanging up
                 self._send_error(500, f"the responder failed: {error!r}", "responder")
 
@@ -810,6 +902,48 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     "usage": usage,
                 }
             )
+
+        def _streamed_completion(self, body: dict[str, Any], fault: Fault | None) -> None:
+            """OpenAI's legacy ``/v1/completions`` streamed: one choice per prompt."""
+            if self._unknown_model(body):
+                return
+            prompt = body.get("prompt")
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+                raise _ValidationError("`prompt` must be a string or a list of strings")
+            stop = body.get("stop") or []
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            done = [
+                server._complete(
+                    p,
+                    fault,
+                    max_tokens=body.get("max_tokens", 16),
+                    stop=stop,
+                    seed=body.get("seed"),
+                    keep_stop=False,
+                )
+                for p in prompts
+            ]
+            base = {
+                "id": f"cmpl-{uuid.uuid4().hex[:12]}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": server.model_id,
+            }
+            finish = ["length" if d.finish_reason == "length" else "stop" for d in done]
+            self._start_sse()
+            for index, (completion, reason) in enumerate(zip(done, finish, strict=True)):
+                words = completion.words or [""]
+                for position, word in enumerate(words):
+                    last = position == len(words) - 1
+                    choice = {
+                        "index": index,
+                        "text": word,
+                        "finish_reason": reason if last else None,
+                        "logprobs": None,
+                    }
+                    self._sse({**base, "choices": [choice]})
+            self._sse("[DONE]")
 
     return Handler
 

@@ -1,0 +1,89 @@
+"""Serve the proxy with uvicorn: in the foreground (``bpo proxy``) or in a thread (tests).
+
+SIGTERM (or Ctrl-C) stops accepting connections and lets the requests in flight finish, streams
+included (at most ``graceful_shutdown_s``): uvicorn's graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fastapi import FastAPI
+
+from bpo_integrations.optimizer import BPOOptimizer
+from bpo_integrations.proxy.app import create_app
+from bpo_integrations.proxy.config import ProxyConfig
+
+
+def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str, **options: object):
+    import uvicorn
+
+    # The upstream's own Date and Server headers go through; uvicorn adds none of its own.
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        date_header=False,
+        **options,
+    )
+
+
+def run(
+    config: ProxyConfig,
+    optimizer: BPOOptimizer | None,
+    *,
+    log_level: str = "info",
+    graceful_shutdown_s: float = 30.0,
+) -> None:
+    """Serve until SIGTERM or Ctrl-C; the requests in flight finish first."""
+    import uvicorn
+
+    app = create_app(config, optimizer)
+    settings = _uvicorn_config(
+        app,
+        config.host,
+        config.port,
+        log_level,
+        timeout_graceful_shutdown=graceful_shutdown_s,
+        backlog=4096,
+    )
+    uvicorn.Server(settings).run()
+
+
+@contextmanager
+def serve_in_thread(
+    app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 30.0
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yield its base URL, stop on exit.
+
+    For tests and notebooks: a real server on a real socket (``port=0``: a free one).
+
+    Example:
+        >>> import httpx
+        >>> app = create_app(ProxyConfig(upstream="http://localhost:8000/v1"), None)
+        >>> with serve_in_thread(app) as url:
+        ...     httpx.get(url + "/health").json()
+        {'status': 'ok'}
+    """
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(app, host, port, "warning", backlog=4096))
+    thread = threading.Thread(target=server.run, name="bpo-proxy-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"bpo proxy did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
