@@ -76,8 +76,9 @@ def proxy(
     adapter: Annotated[
         str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="local: cuda, mps or cpu.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="local: float32, float16, bfloat16.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="local: how the model stores weights: f16, q8_0, q4_0.")
+    ] = None,
     mode: Annotated[
         _Mode | None,
         typer.Option(help="Decoding preset (default: the model's recommended one, else stable)."),
@@ -125,7 +126,7 @@ def proxy(
         )
     try:
         engine = build_backend(
-            backend, endpoint=endpoint, model=model, adapter=adapter, device=device, dtype=dtype
+            backend, endpoint=endpoint, model=model, adapter=adapter, precision=precision
         )
         optimizer = BPOOptimizer(engine, mode=None if mode is None else mode.value, timeout=timeout)
     except CliError as error:

@@ -99,11 +99,11 @@ class InferConfig:
         default=None,
         metadata={"help": "tgi/openai: the token (default: $HF_TOKEN / $OPENAI_API_KEY)."},
     )
-    device: str | None = field(
-        default=None, metadata={"help": "local: 'cuda', 'cpu', ...; unset: the best available."}
+    precision: Literal["f16", "q8_0", "q4_0"] = field(
+        default="f16", metadata={"help": "local: how the engine stores the weights."}
     )
     dtype: str | None = field(
-        default=None, metadata={"help": "local: 'bfloat16', 'float16' or 'float32'."}
+        default=None, metadata={"help": "vllm: 'bfloat16', 'float16' or 'float32'."}
     )
     template: Literal["auto", "bpo", "chat"] = field(
         default="auto",
@@ -210,8 +210,7 @@ def make_backend(config: InferConfig) -> Backend:
         return LocalBackend(
             config.model,
             adapter=config.adapter,
-            device=config.device,
-            dtype=config.dtype,
+            precision=config.precision,
             max_batch_size=config.batch_size,
             template=config.template,
         )

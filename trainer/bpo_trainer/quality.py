@@ -174,17 +174,15 @@ def zero_shot_outputs(
     system: str = ZERO_SHOT_SYSTEM,
 ) -> list[str]:
     """Baseline (b): a chat model asked, through its chat template, to improve each prompt."""
-    tokenizer = backend.tokenizer
-    if not tokenizer.chat_template:
+    engine = backend.engine
+    if not engine.has_chat_template:
         raise ValueError(
             f"the zero-shot baseline needs a chat model; {backend.resolved_model} has no chat "
             "template"
         )
     texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "system", "content": system}, {"role": "user", "content": r.prompt}],
-            tokenize=False,
-            add_generation_prompt=True,
+        engine.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": r.prompt}]
         )
         for r in records
     ]

@@ -31,7 +31,7 @@ def local_backend(base: str, adapter: str | Path | None, device: str) -> LocalBa
     """The base model (with ``adapter`` merged), in the template its ``bpo_training.json`` names."""
     from bpo_integrations.backends.local import LocalBackend
 
-    return LocalBackend(base, adapter=adapter, device=device, template="auto")
+    return LocalBackend(base, adapter=adapter, device=device.upper(), template="auto")
 
 
 def optimizer_variants(max_new_tokens: int) -> dict[str, GenerationSettings]:
