@@ -316,12 +316,13 @@ class BPOOptimizer:
                 f"the backend failed {self.circuit.consecutive_failures} times in a row and is "
                 f"skipped for {self.circuit.cooldown_s}s"
             )
+        latency = time.perf_counter() - started  # the decision's, not the log line's
         _log.fallback(self.backend.cache_identity(), self.backend.name, kind, detail)
         return OptimizationResult(
             original=prompt,
             optimized=prompt,
             backend=self.backend.name,
-            latency_s=time.perf_counter() - started,
+            latency_s=latency,
             context=context,
             fell_back=True,
             fallback_reason=reason,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,28 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "TGIBackend needs huggingface_hub>=1.0: pip install 'bpo-integrations[tgi]'"
     ) from error
+
+_headers_warmed = threading.Lock()
+_HEADERS_STARTED: list[threading.Thread] = []
+
+
+def _warm_hub_headers() -> None:
+    """Build huggingface_hub's request headers once, in a daemon thread.
+
+    For its User-Agent, huggingface_hub fetches a registry of agent harnesses from the Hub the
+    first time a process builds headers, synchronously: without this, on the first request, on
+    the event loop, inside the latency budget (up to its 3 s timeout where the Hub is out of
+    reach).
+    """
+    with _headers_warmed:
+        if _HEADERS_STARTED:
+            return
+        from huggingface_hub.utils import build_hf_headers
+
+        thread = threading.Thread(target=build_hf_headers, name="bpo-hf-headers", daemon=True)
+        _HEADERS_STARTED.append(thread)
+    thread.start()
+
 
 _TRANSIENT_STATUS = (429, 502, 503, 504)
 _FINISH_REASONS = ("length", "eos_token", "stop_sequence")
@@ -113,6 +136,7 @@ class TGIBackend(Backend):
         self.timeout = timeout
         self.max_concurrency = max_concurrency
         self._async_clients = self._new_async_clients()
+        _warm_hub_headers()
 
     def _new_async_clients(self) -> PerLoopClients[AsyncInferenceClient]:
         return PerLoopClients(lambda: AsyncInferenceClient(**self._client_kwargs(None)))
