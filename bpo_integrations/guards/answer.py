@@ -42,6 +42,11 @@ _ANSWER_OPENING = re.compile(
     r"the answer is|in conclusion)\b",
     re.IGNORECASE,
 )
+_ANSWER_LABEL = re.compile(
+    r"(?:^|\n|(?<!\d)[.!?]\s)\W*((?:the )?(?:answer|output|result|response|solution|generated \w+|"
+    r"story|poem|joke|summary|translation|rewritten \w+)\s*:)",
+    re.IGNORECASE,
+)
 _MIN_ANSWER_WORDS = 3  # a word or two cannot be told from a terse rewrite
 _CLAUSE = re.compile(r"[^.!?\n,;:]+")
 _QUESTION_WORDS = _word_set("who whom whose what when where why which how")
@@ -59,10 +64,11 @@ def _instructs(clause: str) -> bool:
 
 
 def _shares_content(original: str, rewritten: str) -> bool:
-    """An answer speaks of what was asked; text that shares no content word with the prompt is
-    drift or noise (``changed_intent``'s business), not an answer."""
+    """An answer speaks of what was asked; text that shares no content word with a prompt that
+    has some is drift or noise (``changed_intent``'s business), not an answer."""
+    content = content_words(original)
     kept = Vocabulary(rewritten)
-    return any(kept.has(w) for w in content_words(original))
+    return not content or any(kept.has(w) for w in content)
 
 
 def is_request(text: str) -> bool:
@@ -83,20 +89,26 @@ def answers_instead(original: str, rewritten: str) -> str | None:
 
     The check applies only to an original that is itself a request (a statement may be
     rewritten as a statement): the rewrite fails when it opens as an answer does ("Sure", "Here
-    are", "I'm sorry") and the original does not, or when it neither asks nor instructs while it
-    speaks of what the original asks about (three words or more, a content word in common).
+    are", "I'm sorry") and the original does not, when a line of it starts the answer ("Answer:",
+    "Story:", "Generated word:"), or when it neither asks nor instructs while it speaks of what
+    the original asks about (three words or more, a content word in common).
 
     Example:
         >>> answers_instead("Give three tips for sleeping well.", "Sure! 1. Sleep eight hours.")
         'opens as an answer'
         >>> answers_instead("How do I sleep well?", "Sleep eight hours and avoid coffee.")
         'neither asks nor instructs'
+        >>> answers_instead("Name a word that rhymes with cat.", "Name a rhyme. Answer: hat")
+        "starts answering ('Answer:')"
         >>> answers_instead("How do I sleep well?", "What habits help me sleep well at night?")
     """
     if not is_request(original):
         return None
     if _ANSWER_OPENING.match(rewritten) and not _ANSWER_OPENING.match(original):
         return "opens as an answer"
+    label = _ANSWER_LABEL.search(rewritten)
+    if label and label.group(1).lower() not in original.lower():
+        return f"starts answering ({label.group(1)!r})"
     if (
         len(words(rewritten)) >= _MIN_ANSWER_WORDS
         and not is_request(rewritten)
