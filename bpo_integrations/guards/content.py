@@ -20,6 +20,7 @@ from bpo_integrations.guards.words import (
     STOPWORDS,
     Vocabulary,
     content_words,
+    stem,
     words,
 )
 
@@ -150,13 +151,15 @@ def dropped_content(original: str, rewritten: str) -> tuple[list[str], int]:
         >>> dropped_content("Rank the vegetables by how nutritious they are", "Rank fruits")
         (['vegetables', 'nutritious'], 3)
     """
-    candidates = content_words(original)
-    distinct = Vocabulary()
-    unique = []
-    for word in candidates:
-        if not distinct.has(word):
-            distinct.add(word)
+    unique: list[str] = []
+    seen: set[str] = set()
+    for word in content_words(original):
+        key = stem(word)
+        if key not in seen:
+            seen.add(key)
             unique.append(word)
+    if original in rewritten:
+        return [], len(unique)
     kept = Vocabulary(rewritten)
     return [w for w in unique if not kept.has(w)], len(unique)
 

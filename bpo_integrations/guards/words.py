@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
-_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+_WORD = re.compile(r"([^\W\d_]+)(?:['’][^\W\d_]+)*")
 
 
 def _word_set(text: str) -> frozenset[str]:
@@ -90,9 +91,10 @@ def words(text: str) -> list[str]:
         >>> words("John's 3 cats don't sleep.")
         ['john', 'cats', 'don', 'sleep']
     """
-    return [re.split(r"['’]", w, maxsplit=1)[0].lower() for w in _WORD.findall(text)]
+    return [w.lower() for w in _WORD.findall(text)]
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A crude stem: common suffixes off, at most six letters kept.
 
@@ -137,8 +139,7 @@ class Vocabulary:
 
     def add(self, *texts: str) -> None:
         for text in texts:
-            for word in words(text):
-                s = stem(word)
+            for s in {stem(word) for word in set(words(text))} - self._stems:
                 self._stems.add(s)
                 self._prefixes.update(s[:i] for i in range(_MIN_PREFIX, len(s) + 1))
 

@@ -232,6 +232,21 @@ def test_invented_content_names_what_was_made_up() -> None:
             "To sleep better, keep a fixed bedtime and avoid coffee.",
             "neither asks nor instructs",
         ),
+        (
+            "Write a story where one character teaches another to fish.",
+            "Write a story about fishing.\n\nStory: Tom took Anna to the lake at dawn.",
+            "starts answering ('Story:')",
+        ),
+        (
+            "Generate a word which can be an adjective and a verb.",
+            'Generate a word that can be an adjective and a verb.\n\nGenerated word: "clean"',
+            "starts answering ('Generated word:')",
+        ),
+        (
+            "hello who are you",
+            "Hello, I'm glad you're interested in the internet.",
+            "neither asks nor instructs",
+        ),
     ],
 )
 def test_answers_instead_of_rewrites_are_rejected(original: str, rewrite: str, why: str) -> None:
@@ -249,6 +264,11 @@ def test_answers_instead_of_rewrites_are_rejected(original: str, rewrite: str, w
         ),
         ("Write a haiku about rain", "Write a haiku about rain that evokes a quiet morning."),
         ("Tell me about Rome", "I would like an overview of the history of Rome."),
+        # a section the rewrite asks for is not an answer
+        (
+            "Design a profile page.",
+            "Design a profile page with these sections: 1. Photo 2. Summary: a short bio.",
+        ),
         # a statement may be rewritten as a statement: nothing to judge
         ("I'm bored.", "I'm bored and looking for something to do at home."),
     ],
