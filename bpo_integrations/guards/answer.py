@@ -49,18 +49,20 @@ _ANSWER_LABEL = re.compile(
 )
 _MIN_ANSWER_WORDS = 3  # a word or two cannot be told from a terse rewrite
 _CLAUSE = re.compile(r"[^.!?\n,;:]+")
+_SENTENCE = re.compile(r"[^.!?\n]+")
 _QUESTION_WORDS = _word_set("who whom whose what when where why which how")
 _LEAD = _word_set(
     "now also then first next finally and so just kindly briefly hello hi hey please ok okay"
 )
 
 
-def _instructs(clause: str) -> bool:
-    """Whether ``clause`` opens with an instruction verb or a question word."""
-    tokens = words(clause)
+def _opening(text: str, vocabulary: frozenset[str]) -> bool:
+    """Whether ``text`` opens (after filler such as "now" or "please") with a word of
+    ``vocabulary``."""
+    tokens = words(text)
     while tokens and tokens[0] in _LEAD:
         tokens = tokens[1:]
-    return bool(tokens) and (tokens[0] in IMPERATIVES or tokens[0] in _QUESTION_WORDS)
+    return bool(tokens) and tokens[0] in vocabulary
 
 
 def _shares_content(original: str, rewritten: str) -> bool:
@@ -80,7 +82,10 @@ def is_request(text: str) -> bool:
     """
     if "?" in text or _REQUEST_PHRASE.search(text):
         return True
-    return any(_instructs(clause) for clause in _CLAUSE.findall(text))
+    if any(_opening(clause, IMPERATIVES) for clause in _CLAUSE.findall(text)):
+        return True
+    # a question word opens a question at the start of a sentence ("..., which is" does not)
+    return any(_opening(sentence, _QUESTION_WORDS) for sentence in _SENTENCE.findall(text))
 
 
 def answers_instead(original: str, rewritten: str) -> str | None:
