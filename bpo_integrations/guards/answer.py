@@ -28,10 +28,9 @@ gives ("Set goals", "Get enough sleep") uses other verbs."""
 
 _REQUEST_PHRASE = re.compile(
     r"\b(?:please|can you|could you|would you|will you|i want|i need|i'd like|i would like|"
-    r"i'm looking for|i am looking for|i wonder|help me|let me know|make sure|be sure|"
+    r"i'm looking for|i am looking for|i wonder|help me|let me know|"
     r"(?:give|tell|show|teach|let) me|"
-    r"you are an?|you're an?|your task|your goal|your job|in the role of|i'm trying|i am trying|"
-    r"how (?:do|can|should|would|to)|what (?:is|are|should|would|can)|is it|are there)\b",
+    r"you are an?|you're an?|your task|your goal|your job|in the role of|i'm trying|i am trying)\b",
     re.IGNORECASE,
 )
 _ANSWER_OPENING = re.compile(
@@ -50,7 +49,10 @@ _ANSWER_LABEL = re.compile(
 _MIN_ANSWER_WORDS = 3  # a word or two cannot be told from a terse rewrite
 _CLAUSE = re.compile(r"[^.!?\n,;:]+")
 _SENTENCE = re.compile(r"[^.!?\n]+")
-_QUESTION_WORDS = _word_set("who whom whose what when where why which how")
+_QUESTION_WORDS = _word_set(
+    "who whom whose what when where why which how is are was were do does did can could would "
+    "should will shall"
+)
 _LEAD = _word_set(
     "now also then first next finally and so just kindly briefly hello hi hey please ok okay"
 )
@@ -84,7 +86,8 @@ def is_request(text: str) -> bool:
         return True
     if any(_opening(clause, IMPERATIVES) for clause in _CLAUSE.findall(text)):
         return True
-    # a question word opens a question at the start of a sentence ("..., which is" does not)
+    # a question word opens a question at the start of a sentence ("..., which is" does not;
+    # "Here's a guide on how to" does not)
     return any(_opening(sentence, _QUESTION_WORDS) for sentence in _SENTENCE.findall(text))
 
 
@@ -107,8 +110,9 @@ def answers_instead(original: str, rewritten: str) -> str | None:
         "starts answering ('Answer:')"
         >>> answers_instead("How do I sleep well?", "What habits help me sleep well at night?")
     """
-    if not is_request(original):
-        return None
+    clauses = _CLAUSE.findall(original)
+    if not (is_request(original) or any(_opening(c, _QUESTION_WORDS) for c in clauses)):
+        return None  # (the prompt's own "..., what colleges should I apply to" asks, too)
     if _ANSWER_OPENING.match(rewritten) and not _ANSWER_OPENING.match(original):
         return "opens as an answer"
     label = _ANSWER_LABEL.search(rewritten)
