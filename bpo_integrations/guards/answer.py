@@ -38,7 +38,7 @@ _ANSWER_OPENING = re.compile(
     r"thank you|thanks|i'm sorry|i am sorry|sorry|unfortunately|as an ai|i'm an ai|"
     r"i am an ai|i'm a language model|i'd be happy|i would be happy|i'm happy to|i am happy to|"
     r"i'm glad|here (?:is|are)|here's|title\s*:|once upon a time|"
-    r"the answer is|in conclusion)\b",
+    r"the answer is|in conclusion|to [^,.\n]{1,80}, (?:you|it is|it's|there are|here))\b",
     re.IGNORECASE,
 )
 _ANSWER_LABEL = re.compile(
