@@ -47,7 +47,8 @@ class Guards:
     or a number that neither the prompt nor its context has (``reject_invented``), or when it
     keeps less than ``min_kept_content`` of the prompt's content words (``changed_intent``; only
     for prompts with at least ``min_content_words`` of them; 0 turns the check off), or when it
-    says a sentence twice that the prompt says once (``reject_repeats``: the copy is better).
+    says a sentence of the prompt more often than the prompt does, twice or more
+    (``reject_repeats``: the copy is better).
 
     Example:
         >>> guards = Guards()

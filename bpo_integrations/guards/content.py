@@ -177,18 +177,24 @@ def _sentence_counts(text: str) -> dict[str, tuple[int, str]]:
 
 
 def repeated_sentences(original: str, rewritten: str) -> list[str]:
-    """The full sentences (three words or more, closed by ``.``, ``!`` or ``?``) that ``rewritten``
-    says more than once, and more often than ``original`` does (compared by their words only).
+    """The sentences of ``rewritten`` (three words or more, closed by ``.``, ``!`` or ``?``) that
+    hold all the words of a sentence of ``original`` and that it says more than once, more often
+    than ``original`` does: a small model's way of "rewriting" a prompt it cannot improve.
 
     Example:
         >>> repeated_sentences("Sum up the text.", "Sum up the text. Sum up the text!")
         ['Sum up the text.']
         >>> repeated_sentences("Say hi twice. Say hi twice.", "Say hi twice. Say hi twice.")
         []
+        >>> repeated_sentences("Q", "Q Explain it well. Explain it well.")  # not the prompt's
+        []
     """
-    before = _sentence_counts(original)
+    closed = original.rstrip()
+    before = _sentence_counts(closed if closed[-1:] in ".!?" else closed + ".")
+    prompt_sentences = [set(key.split()) for key in before]
     return [
         first
         for key, (count, first) in _sentence_counts(rewritten).items()
-        if count > 1 and count > before.get(key, (0, ""))[0]
+        if count > max(1, before.get(key, (0, ""))[0])
+        and any(words_ <= set(key.split()) for words_ in prompt_sentences)
     ]

@@ -75,7 +75,6 @@ VERDICTS: dict[tuple[str, int], str | None] = {
 CHAT_ANSWERS = [
     51,
     61,
-    77,
     98,
     127,
     166,
@@ -93,9 +92,9 @@ CHAT_ANSWERS = [
     297,
 ]
 CHAT_REWRITES = [0, 19, 26, 46, 64, 92, 214, 254, 261, 281]
-MISSED_CHAT_ANSWER = (
-    273  # "Hello! I'm here to assist you ... Please provide ...": asks, as a request
-)
+# Not listed: 296 (half rewrite, half reply), 77 (the request said again around three "random"
+# addresses) and 273 ("Hello! I'm here to assist you ... Please provide ..."): replies that the
+# guards let through.
 
 
 def _prompt(row: dict[str, Any]) -> tuple[str, str]:
