@@ -383,7 +383,10 @@ class BPOOptimizer:
             for item, generation in zip(active, generations, strict=True):
                 rewrite = clean_completion(generation.text, cut_markers=settings.stop)
                 reason = self.guards.check(
-                    item.prompt, rewrite, finish_reason=generation.finish_reason
+                    item.prompt,
+                    rewrite,
+                    finish_reason=generation.finish_reason,
+                    context=item.context,
                 )
                 if reason is not None:
                     if round_index == 0:

@@ -164,6 +164,9 @@ def test_file_of_real_bpo_records_with_another_prompt_field(
         {"instruction": r["instruction"], "context": r["context"] or None, "source": r["source"]}
         for r in bpo_val_records[:6]
     ]
+    # the guards reject a random model's rewrite of a real instruction (changed_intent): one
+    # short prompt they cannot judge keeps an accepted rewrite in the file
+    records.append({"instruction": PROMPTS[0], "context": None, "source": "test"})
     source = write_jsonl(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
     result = runner.invoke(

@@ -1,8 +1,23 @@
+import doctest
+import importlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpo_integrations.guards import PROTECTED_PATTERNS, Guards, missing_protected, protected_spans
+from bpo_integrations.guards import (
+    NO_GUARDS,
+    PROTECTED_PATTERNS,
+    Guards,
+    Invented,
+    answers_instead,
+    dropped_content,
+    invented_content,
+    is_request,
+    missing_protected,
+    protected_spans,
+    repeated_sentences,
+)
 
 
 def kinds(text: str) -> list[str]:
@@ -72,6 +87,12 @@ PIECES = st.one_of(
 TEXTS = st.one_of(st.lists(PIECES, max_size=14).map("".join), st.text(max_size=80))
 
 
+PROTECTED_ONLY = Guards(
+    reject_answers=False, reject_invented=False, min_kept_content=0, reject_repeats=False
+)
+"""The length and protected-content rules alone (what added text cannot break)."""
+
+
 def reference_spans(text: str) -> list[tuple[str, str]]:
     """``protected_spans`` as first written: every pattern cut out, matches or not."""
     spans: list[tuple[str, str]] = []
@@ -104,7 +125,7 @@ def test_a_rewrite_that_contains_the_original_keeps_every_span(
     assert all(span in original for _, span in spans)  # why the shortcut is exact
     assert missing_protected(original, rewrite) == []
     if rewrite.strip() and len(rewrite) <= 8 * len(original) + 1200:
-        assert Guards().check(original, rewrite) is None
+        assert PROTECTED_ONLY.check(original, rewrite) is None
 
 
 def test_the_shortcut_does_not_hide_a_lost_span() -> None:
@@ -113,3 +134,191 @@ def test_the_shortcut_does_not_hide_a_lost_span() -> None:
     reason = Guards().check(original, "Give 3 tips for rebasing a branch with git.")
     assert reason is not None and reason.startswith("lost_protected_content")
     assert "`git rebase`" in reason
+
+
+# -- content guards: invented specifics, answers, changed intent, repeats ------------------------
+
+
+@pytest.mark.parametrize(
+    ("original", "rewrite"),
+    [
+        # a quoted title or sentence the prompt never had
+        ("Complete the lyrics of the following song", 'Complete the lyrics of "The Nightingale".'),
+        (
+            "Identify which emotion the person is feeling in the given sentence.",
+            'Identify the emotion in the sentence. Sentence: "I am feeling happy today."',
+        ),
+        # where the prompt points at its material, a new name or number is made up
+        ("Summarize this article.", "Summarize the article by John Smith in the Times."),
+        ("Convert the following temperatures.", "Convert the 3 following temperatures."),
+    ],
+)
+def test_invented_specifics_are_rejected(original: str, rewrite: str) -> None:
+    assert (Guards().check(original, rewrite) or "").startswith("invented_content"), rewrite
+
+
+@pytest.mark.parametrize(
+    ("original", "rewrite", "context"),
+    [
+        # knowledge a good rewrite adds, where the prompt points at nothing it was given
+        (
+            "Tell me a quick summary of the book Brave new world",
+            "Summarize Brave New World by Aldous Huxley.",
+            None,
+        ),
+        # labels, formats and list numbers are not invented specifics
+        (
+            "Convert the dates into ISO 8601 format",
+            'Convert the dates to ISO 8601 ("YYYY-MM-DD").',
+            None,
+        ),
+        (
+            "Describe the following process.",
+            "Describe the following process:\n1. Inputs\n2. Steps",
+            None,
+        ),
+        # a name or a quote taken from the context is not made up
+        (
+            "Summarize the following article.",
+            'Summarize what Jane Doe says about "open data".',
+            "Jane Doe wrote about open data.",
+        ),
+        # request words are not names, wherever they stand
+        (
+            "Explain this painting.",
+            "Explain this painting. Please Include the style. Ensure clarity.",
+            None,
+        ),
+    ],
+)
+def test_specifics_with_a_source_are_kept(original: str, rewrite: str, context: str | None) -> None:
+    assert Guards().check(original, rewrite, context=context) is None
+
+
+def test_invented_content_names_what_was_made_up() -> None:
+    found = invented_content(
+        "Complete the lyrics of the following song",
+        'Complete the lyrics of "The Nightingale" by the band Nightjar, all 3 verses.',
+    )
+    assert found == [
+        Invented("quoted", '"The Nightingale"'),
+        Invented("name", "Nightjar"),
+        Invented("number", "3"),
+    ]
+    reason = Guards().check("Summarize this novel", 'Summarize "The Road" by Cormac McCarthy.')
+    assert reason == "invented_content: quoted '\"The Road\"', name 'Cormac', name 'McCarthy'"
+
+
+@pytest.mark.parametrize(
+    ("original", "rewrite", "why"),
+    [
+        (
+            "Give two examples of good customer service.",
+            "Sure! Here are two examples: a refund.",
+            "opens as an answer",
+        ),
+        (
+            "How do I improve my time management?",
+            "I'm sorry, but I cannot help with that.",
+            "opens as an answer",
+        ),
+        (
+            "What is the capital of France?",
+            "The capital of France is Paris.",
+            "neither asks nor instructs",
+        ),
+        (
+            "How can I sleep better?",
+            "To sleep better, keep a fixed bedtime and avoid coffee.",
+            "neither asks nor instructs",
+        ),
+        (
+            "Write a story where one character teaches another to fish.",
+            "Write a story about fishing.\n\nStory: Tom took Anna to the lake at dawn.",
+            "starts answering ('Story:')",
+        ),
+        (
+            "Generate a word which can be an adjective and a verb.",
+            'Generate a word that can be an adjective and a verb.\n\nGenerated word: "clean"',
+            "starts answering ('Generated word:')",
+        ),
+        (
+            "hello who are you",
+            "Hello, I'm glad you're interested in the internet.",
+            "neither asks nor instructs",
+        ),
+    ],
+)
+def test_answers_instead_of_rewrites_are_rejected(original: str, rewrite: str, why: str) -> None:
+    assert answers_instead(original, rewrite) == why
+    assert Guards().check(original, rewrite) == f"answered_instead: {why}"
+
+
+@pytest.mark.parametrize(
+    ("original", "rewrite"),
+    [
+        ("How can I sleep better?", "What habits help an adult sleep better?"),
+        (
+            "Based on the article, why is the report important?",
+            "Based on the article, explain why the report matters.",
+        ),
+        ("Write a haiku about rain", "Write a haiku about rain that evokes a quiet morning."),
+        ("Tell me about Rome", "I would like an overview of the history of Rome."),
+        # a section the rewrite asks for is not an answer
+        (
+            "Design a profile page.",
+            "Design a profile page with these sections: 1. Photo 2. Summary: a short bio.",
+        ),
+        # a statement may be rewritten as a statement: nothing to judge
+        ("I'm bored.", "I'm bored and looking for something to do at home."),
+    ],
+)
+def test_requests_stay_requests(original: str, rewrite: str) -> None:
+    assert answers_instead(original, rewrite) is None
+    assert is_request(rewrite) or not is_request(original)
+
+
+def test_changed_intent_counts_content_words_by_stem() -> None:
+    original = "Rank these vegetables from least to most nutritious: potatoes, carrots, kale."
+    assert (
+        Guards().check(original, "Rank the vegetable list by nutrition: potato, carrot, kale.")
+        is None
+    )
+    assert dropped_content(original, "Describe a healthy breakfast.") == (
+        ["rank", "vegetables", "nutritious", "potatoes", "carrots", "kale"],
+        6,
+    )
+    reason = Guards().check(original, "Describe a healthy breakfast with kale.")
+    assert reason == (
+        "changed_intent: kept 1 of 6 content words, dropped 'rank', 'vegetables', 'nutritious', "
+        "'potatoes', 'carrots'"
+    )
+    # request words may change freely; prompts with under three content words are not judged
+    assert Guards().check("Please explain gravity in detail.", "Describe gravity.") is None
+    assert Guards().check("Tell me about Rome", "Describe Paris.") is None
+    assert (
+        Guards(min_kept_content=0).check(original, "Describe a healthy breakfast with kale.")
+        is None
+    )
+
+
+def test_a_repeated_sentence_keeps_the_prompt() -> None:
+    original = "Summarize the given article in 1-2 sentences."
+    reason = Guards().check(original, f"{original} {original}")
+    assert reason == "repeated_text: 'Summarize the given article in 1-2 sentences.'"
+    assert (
+        repeated_sentences("Say it. Say it twice. Say it twice.", "Say it twice. Say it twice.")
+        == []
+    )
+    assert Guards(reject_repeats=False).check(original, f"{original} {original}") is None
+
+
+def test_no_guards_turns_every_check_off() -> None:
+    for rewrite in ("Sure! Paris.", 'Summarize "The Road".', "Describe a cat. Describe a cat."):
+        assert NO_GUARDS.check("Summarize this long article about dogs", rewrite) is None
+
+
+@pytest.mark.parametrize("module", ["", ".answer", ".content", ".protected", ".words"])
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module("bpo_integrations.guards" + module))
+    assert result.attempted > 0 and result.failed == 0

@@ -116,6 +116,9 @@ def test_guards_never_raise_and_reasons_are_named(
         "empty_output",
         "runaway_output",
         "lost_protected_content",
+        "answered_instead",
+        "invented_content",
+        "changed_intent",
     )
 
 

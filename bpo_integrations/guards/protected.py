@@ -1,13 +1,12 @@
-"""Checks that decide whether an optimized prompt may replace the original.
+"""Protected content: the spans of a prompt that a rewrite must keep verbatim.
 
-Each check returns ``None`` when the rewrite is acceptable, or a short reason string; the
-optimizer then falls back to the original prompt and records that reason.
+Code, URLs, e-mail addresses, placeholders, quotes and numbers are facts the user gave; a rewrite
+that drops or alters one is rejected (``lost_protected_content``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 _FENCED_CODE = re.compile(r"```.*?```|~~~.*?~~~", re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -88,36 +87,3 @@ def missing_protected(original: str, rewritten: str) -> list[tuple[str, str]]:
             continue
         missing.append((kind, span))
     return missing
-
-
-@dataclass(frozen=True)
-class Guards:
-    """The acceptance rules for a rewrite.
-
-    A rewrite is rejected when it is empty, when it ran away in length (the backend stopped at its
-    token limit, or it is longer than ``max_length_ratio`` times the original plus ``length_slack``
-    characters), or when it dropped protected content (``keep_protected``).
-    """
-
-    max_length_ratio: float = 8.0
-    length_slack: int = 1200
-    keep_protected: bool = True
-    reject_truncated: bool = True
-
-    def check(self, original: str, rewritten: str, *, finish_reason: str = "unknown") -> str | None:
-        if not rewritten.strip():
-            return "empty_output"
-        if self.reject_truncated and finish_reason == "length":
-            return "runaway_output: the optimizer hit its token limit"
-        limit = self.max_length_ratio * len(original) + self.length_slack
-        if len(rewritten) > limit:
-            return f"runaway_output: {len(rewritten)} characters, limit {int(limit)}"
-        if self.keep_protected:
-            missing = missing_protected(original, rewritten)
-            if missing:
-                shown = ", ".join(f"{kind} {span[:40]!r}" for kind, span in missing[:3])
-                return f"lost_protected_content: {shown}"
-        return None
-
-
-NO_GUARDS = Guards(max_length_ratio=float("inf"), keep_protected=False, reject_truncated=False)

@@ -1,0 +1,608 @@
+"""How well the optimizer's guards judge real rewrites, and what a "rewrite or keep" rule is worth.
+
+::
+
+    python -m bpo_trainer.guard_report generate   # the default optimizer's rewrites (resumes)
+    python -m bpo_trainer.guard_report report     # the guard table and the dev-split scores
+
+``generate`` runs the shipped default optimizer (:class:`~bpo_integrations.backends.local.
+LocalBackend` with its recommended decoding, as ``BPOOptimizer()`` does) over the BPO prompts of
+``$BPO_SHARED_DIR/data/bpo`` and appends one JSON line per prompt: which prompt (its set and
+index, never its text), the cleaned rewrite and why generation stopped. A second run skips what
+the file already holds. ``--template chat`` wraps the prompts in SmolLM2's chat template instead,
+the served path's failure mode where the model answers the prompt.
+
+``report`` applies each guard on its own to those rewrites and to the 300 ChatGPT rewrites of
+``val.json`` (``optimized_prompt``, good rewrites: a guard that rejects them rejects good work),
+then scores copy / the default / the default with the new guards on the dev split with sacrebleu
+chrF and BLEU and a bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from bpo_trainer.recipes.default_optimizer import resolve_shared_dir
+
+if TYPE_CHECKING:
+    from bpo_integrations.guards import Guards
+
+logger = logging.getLogger(__name__)
+
+PromptSet = Literal["val", "dolly", "self_instruct", "vicuna"]
+
+SET_FILES: dict[str, str] = {
+    "val": "val.json",
+    "dolly": "dolly_eval.json",
+    "self_instruct": "self_instruct_eval.json",
+    "vicuna": "vicuna_eval.jsonl",
+}
+"""The file of each prompt set inside ``data/bpo``."""
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt of a BPO file, split as the middleware sees it.
+
+    ``instruction`` is what the optimizer rewrites; ``context`` is passed on verbatim after it.
+    ``reference`` (``val.json`` only) is ChatGPT's rewrite of the instruction
+    (``optimized_prompt``) and ``reference_output`` the training target (``final_output``: the
+    rewrite with the context after it).
+    """
+
+    set: str
+    index: int
+    instruction: str
+    context: str = ""
+    reference: str = ""
+    reference_output: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.set, self.index)
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
+
+
+def load_prompts(shared_dir: Path, name: str) -> list[PromptRecord]:
+    """Every prompt of one set (``val``, ``dolly``, ``self_instruct`` or ``vicuna``)."""
+    if name not in SET_FILES:
+        raise ValueError(f"unknown prompt set {name!r}: choose one of {', '.join(SET_FILES)}")
+    rows = _read(shared_dir / "data" / "bpo" / SET_FILES[name])
+    records = []
+    for index, row in enumerate(rows):
+        context = (row.get("context") or "").strip()
+        if name == "val":
+            final_input = (row.get("final_input") or "").strip()
+            instruction = (
+                (row.get("instruction") or final_input).strip() if context else final_input
+            )
+            records.append(
+                PromptRecord(
+                    name,
+                    index,
+                    instruction,
+                    context,
+                    reference=(row.get("optimized_prompt") or "").strip(),
+                    reference_output=(row.get("final_output") or "").strip(),
+                )
+            )
+        else:
+            instruction = (row.get("text") or row.get("instruction") or "").strip()
+            records.append(PromptRecord(name, index, instruction, context))
+    return records
+
+
+def dev_indices() -> list[int]:
+    """The default model's dev split: the ``val.json`` indices its training record lists."""
+    from bpo_integrations.models import default_adapter_path
+
+    record = json.loads((default_adapter_path() / "bpo_training.json").read_text("utf-8"))
+    return list(record["dev_indices"])
+
+
+# -- the optimizer's outputs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    """One saved rewrite: which prompt, the template, the cleaned rewrite, why it stopped."""
+
+    set: str
+    index: int
+    template: str
+    rewrite: str
+    finish_reason: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.set, self.index)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "set": self.set,
+                "index": self.index,
+                "template": self.template,
+                "rewrite": self.rewrite,
+                "finish_reason": self.finish_reason,
+            },
+            ensure_ascii=False,
+        )
+
+
+def read_outputs(path: str | Path) -> list[Output]:
+    """The outputs saved in a JSONL file (missing file: none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    outputs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            outputs.append(Output(**{k: row[k] for k in Output.__dataclass_fields__}))
+    return outputs
+
+
+def generate_outputs(
+    records: Sequence[PromptRecord],
+    path: str | Path,
+    *,
+    template: Literal["bpo", "chat"] = "bpo",
+    chunk: int = 8,
+) -> list[Output]:
+    """Rewrite ``records`` with the shipped default model, appending to ``path`` chunk by chunk.
+
+    A record whose (set, index, template) is already in the file is not rewritten again, so a
+    run that stopped resumes where it was, losing at most one chunk.
+    """
+    from bpo_integrations.backends.local import LocalBackend
+    from bpo_integrations.postprocess import clean_completion
+
+    path = Path(path)
+    done = {(o.set, o.index, o.template) for o in read_outputs(path)}
+    todo = [r for r in records if (r.set, r.index, template) not in done]
+    if not todo:
+        return read_outputs(path)
+    backend = LocalBackend(template=template)
+    settings = backend.recommended_settings()
+    assert settings is not None, "the shipped default model recommends its decoding"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            generations = backend.generate([r.instruction for r in part], settings)
+            with path.open("a", encoding="utf-8") as handle:
+                for record, generation in zip(part, generations, strict=True):
+                    output = Output(
+                        record.set,
+                        record.index,
+                        template,
+                        clean_completion(generation.text, cut_markers=settings.stop),
+                        generation.finish_reason,
+                    )
+                    handle.write(output.to_json() + "\n")
+            logger.info("%d/%d rewritten (%s template)", start + len(part), len(todo), template)
+    finally:
+        backend.close()
+    return read_outputs(path)
+
+
+# -- judging the rewrites -------------------------------------------------------------------------
+
+
+EXISTING = "runaway_output / empty_output / lost_protected_content (existing)"
+"""The row of the guards that were there before the content checks."""
+
+
+def guard_set() -> dict[str, Guards]:
+    """Each new guard on its own, the existing ones together, and all of them (``Guards()``)."""
+    from bpo_integrations.guards import NO_GUARDS, Guards
+
+    default = Guards()
+    return {
+        EXISTING: replace(
+            default,
+            reject_answers=False,
+            reject_invented=False,
+            min_kept_content=0.0,
+            reject_repeats=False,
+        ),
+        "answered_instead": replace(NO_GUARDS, reject_answers=True),
+        "invented_content": replace(NO_GUARDS, reject_invented=True),
+        "changed_intent": replace(NO_GUARDS, min_kept_content=default.min_kept_content),
+        "repeated_text": replace(NO_GUARDS, reject_repeats=True),
+        "all (the default Guards())": default,
+    }
+
+
+def reference_rewrite(record: PromptRecord) -> str:
+    """ChatGPT's rewrite of a ``val.json`` record, cleaned as the optimizer cleans a completion."""
+    from bpo_integrations.postprocess import clean_completion
+
+    return clean_completion(record.reference)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One rewrite a guard rejected."""
+
+    guard: str
+    set: str
+    index: int
+    rewrite: str
+    reason: str
+
+
+@dataclass
+class GuardRow:
+    """How often one guard rejects each group of rewrites (``counts[group] = (rejected, n)``)."""
+
+    guard: str
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def output_groups(outputs: Sequence[Output], dev: set[int]) -> dict[str, list[Output]]:
+    """The saved rewrites by group: the dev split, the rest of ``val.json``, the test sets, and
+    the chat-template rewrites."""
+    groups: dict[str, list[Output]] = {}
+    for output in outputs:
+        if output.template == "chat":
+            name = "chat template"
+        elif output.set == "val":
+            name = "dev" if output.index in dev else "val (train)"
+        else:
+            name = "test sets"
+        groups.setdefault(name, []).append(output)
+    return groups
+
+
+def judge(
+    records: dict[tuple[str, int], PromptRecord],
+    outputs: Sequence[Output],
+    dev: set[int],
+) -> list[GuardRow]:
+    """Each guard of :func:`guard_set` on the saved rewrites and on the 300 reference rewrites."""
+    groups = output_groups(outputs, dev)
+    references = [r for key, r in sorted(records.items()) if key[0] == "val"]
+    rows = []
+    for name, guards in guard_set().items():
+        row = GuardRow(name)
+        for group, members in groups.items():
+            rejected = 0
+            for output in members:
+                record = records[output.key]
+                reason = guards.check(
+                    record.instruction,
+                    output.rewrite,
+                    finish_reason=output.finish_reason,
+                    context=record.context or None,
+                )
+                if reason is not None:
+                    rejected += 1
+                    row.rejections.append(
+                        Rejection(name, group, output.index, output.rewrite, reason)
+                    )
+            row.counts[group] = (rejected, len(members))
+        rejected = 0
+        for record in references:
+            reason = guards.check(
+                record.instruction, reference_rewrite(record), context=record.context or None
+            )
+            if reason is not None:
+                rejected += 1
+                row.rejections.append(
+                    Rejection(name, "ChatGPT references", record.index, record.reference, reason)
+                )
+        row.counts["ChatGPT references"] = (rejected, len(references))
+        rows.append(row)
+    return rows
+
+
+def guard_table(rows: Sequence[GuardRow]) -> str:
+    """The markdown table of :func:`judge`: one row per guard, one column per group."""
+    groups = list(rows[0].counts)
+    lines = [
+        "| guard | " + " | ".join(groups) + " |",
+        "| --- |" + " ---: |" * len(groups),
+    ]
+    for row in rows:
+        cells = [f"{row.counts[g][0]}/{row.counts[g][1]}" for g in groups]
+        lines.append(f"| {row.guard} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- rewrite or keep: quality on the dev split ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SystemQuality:
+    """Corpus chrF and BLEU of one system on the dev split, with bootstrap intervals."""
+
+    name: str
+    n: int
+    rewritten: int
+    chrf: float
+    bleu: float
+    chrf_ci: tuple[float, float]
+    bleu_ci: tuple[float, float]
+    chrf_vs_copy_ci: tuple[float, float] | None = None
+    bleu_vs_copy_ci: tuple[float, float] | None = None
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+
+def choose(
+    guards: Guards | None, record: PromptRecord, output: Output | None
+) -> tuple[str, str | None]:
+    """What ``BPOOptimizer`` sends on for ``record``: the rewrite, or the prompt when a guard
+    rejects it (``guards=None``: copy the prompt), with the context after it; and the reason."""
+    from bpo_integrations.template import join_context
+
+    if guards is None or output is None:
+        return join_context(record.instruction, record.context or None), None
+    reason = guards.check(
+        record.instruction,
+        output.rewrite,
+        finish_reason=output.finish_reason,
+        context=record.context or None,
+    )
+    chosen = record.instruction if reason is not None else output.rewrite
+    return join_context(chosen, record.context or None), reason
+
+
+def bootstrap(
+    systems: dict[str, list[str]],
+    references: Sequence[str],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Percentile bootstrap (95%) of corpus chrF and BLEU of each system, and of its difference
+    from the first system (paired: the same resampled records for every system)."""
+    import numpy as np
+    from sacrebleu.metrics import BLEU, CHRF
+
+    chrf, bleu = CHRF(), BLEU()
+    n = len(references)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(resamples, n))
+    names = list(systems)
+    samples: dict[str, dict[str, list[float]]] = {k: {"chrf": [], "bleu": []} for k in names}
+    for draw in draws:
+        refs = [[references[i] for i in draw]]
+        for name in names:
+            hyps = [systems[name][i] for i in draw]
+            samples[name]["chrf"].append(chrf.corpus_score(hyps, refs).score)
+            samples[name]["bleu"].append(bleu.corpus_score(hyps, refs).score)
+    out: dict[str, dict[str, Any]] = {}
+    base = names[0]
+    for name in names:
+        entry: dict[str, Any] = {}
+        for metric in ("chrf", "bleu"):
+            values = np.array(samples[name][metric])
+            entry[f"{metric}_ci"] = tuple(float(x) for x in np.percentile(values, [2.5, 97.5]))
+            if name != base:
+                diff = values - np.array(samples[base][metric])
+                entry[f"{metric}_vs_copy_ci"] = tuple(
+                    float(x) for x in np.percentile(diff, [2.5, 97.5])
+                )
+        out[name] = entry
+    return out
+
+
+def dev_quality(
+    records: dict[tuple[str, int], PromptRecord],
+    outputs: Sequence[Output],
+    indices: Sequence[int],
+    *,
+    resamples: int = 1000,
+) -> list[SystemQuality]:
+    """copy / the default optimizer (existing guards) / the default with the new guards, scored
+    against ``final_output`` on the ``val.json`` records ``indices`` (the dev split)."""
+    from bpo_integrations.guards import Guards
+    from bpo_trainer.quality import corpus_scores
+
+    by_key = {o.key: o for o in outputs if o.template == "bpo"}
+    dev_records = [records[("val", i)] for i in indices]
+    missing = [r.index for r in dev_records if r.key not in by_key]
+    if missing:
+        raise ValueError(f"no saved rewrite for val.json records {missing}: run generate first")
+    variants: dict[str, Guards | None] = {
+        "copy the prompt": None,
+        "default optimizer (existing guards)": guard_set()[EXISTING],
+        "default optimizer + new guards (fallback: copy)": Guards(),
+    }
+    references = [r.reference_output for r in dev_records]
+    texts: dict[str, list[str]] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    rewritten: dict[str, int] = {}
+    for name, guards in variants.items():
+        texts[name], reasons[name], rewritten[name] = [], {}, 0
+        for record in dev_records:
+            text, reason = choose(guards, record, by_key.get(record.key) if guards else None)
+            texts[name].append(text)
+            if reason is not None:
+                kind = reason.split(":", 1)[0]
+                reasons[name][kind] = reasons[name].get(kind, 0) + 1
+            elif guards is not None:
+                rewritten[name] += 1
+    intervals = bootstrap(texts, references, resamples=resamples)
+    results = []
+    for name in variants:
+        chrf, bleu = corpus_scores(texts[name], references)
+        extra = intervals[name]
+        results.append(
+            SystemQuality(
+                name=name,
+                n=len(dev_records),
+                rewritten=rewritten[name],
+                chrf=chrf,
+                bleu=bleu,
+                chrf_ci=extra["chrf_ci"],
+                bleu_ci=extra["bleu_ci"],
+                chrf_vs_copy_ci=extra.get("chrf_vs_copy_ci"),
+                bleu_vs_copy_ci=extra.get("bleu_vs_copy_ci"),
+                fallbacks=reasons[name],
+            )
+        )
+    return results
+
+
+def quality_table(rows: Sequence[SystemQuality]) -> str:
+    """The markdown table of :func:`dev_quality`."""
+
+    def ci(pair: tuple[float, float] | None) -> str:
+        return "–" if pair is None else f"[{pair[0]:+.1f}, {pair[1]:+.1f}]"
+
+    lines = [
+        "| system | chrF [95% CI] | BLEU [95% CI] | chrF − copy [95% CI] | BLEU − copy [95% CI] "
+        "| rewritten | fallbacks |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(row.fallbacks.items())) or "–"
+        lines.append(
+            f"| {row.name} | {row.chrf:.1f} [{row.chrf_ci[0]:.1f}, {row.chrf_ci[1]:.1f}] | "
+            f"{row.bleu:.1f} [{row.bleu_ci[0]:.1f}, {row.bleu_ci[1]:.1f}] | "
+            f"{ci(row.chrf_vs_copy_ci)} | {ci(row.bleu_vs_copy_ci)} | {row.rewritten}/{row.n} | "
+            f"{fallbacks} |"
+        )
+    return "\n".join(lines)
+
+
+def load_records(shared: Path) -> dict[tuple[str, int], PromptRecord]:
+    """Every prompt of every set, by (set, index)."""
+    return {r.key: r for name in SET_FILES for r in load_prompts(shared, name)}
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+@dataclass
+class GuardReportConfig:
+    """Options of ``python -m bpo_trainer.guard_report``."""
+
+    command: Literal["generate", "report"] = field(
+        default="report", metadata={"help": "generate: rewrite the prompts; report: the tables."}
+    )
+    outputs: str = field(
+        default="tests/fixtures/default_optimizer_outputs.jsonl",
+        metadata={"help": "The JSONL file of the default optimizer's rewrites."},
+    )
+    shared_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder holding data/bpo; unset: $BPO_SHARED_DIR or ../shared."},
+    )
+    sets: list[str] = field(
+        default_factory=lambda: ["val", "vicuna", "dolly", "self_instruct"],
+        metadata={"help": "Prompt sets to rewrite (generate)."},
+    )
+    limit: int = field(
+        default=100, metadata={"help": "Prompts per test set (dolly, self_instruct, vicuna)."}
+    )
+    template: Literal["bpo", "chat"] = field(
+        default="bpo", metadata={"help": "bpo: the default; chat: SmolLM2's chat template."}
+    )
+    chat_limit: int = field(
+        default=0, metadata={"help": "With --template chat: the dev split plus N vicuna prompts."}
+    )
+    resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples (report)."})
+    report_file: str | None = field(
+        default=None, metadata={"help": "Also write every rejection and score as JSON here."}
+    )
+
+
+def select(config: GuardReportConfig, shared: Path) -> list[PromptRecord]:
+    """The prompts ``generate`` rewrites for ``config``."""
+    chosen: list[PromptRecord] = []
+    if config.template == "chat":
+        dev = set(dev_indices())
+        chosen += [r for r in load_prompts(shared, "val") if r.index in dev]
+        chosen += load_prompts(shared, "vicuna")[: config.chat_limit]
+        return chosen
+    dev = set(dev_indices())
+    for name in config.sets:
+        records = load_prompts(shared, name)
+        if name == "val":  # the dev split first: the scores need it
+            chosen += sorted(records, key=lambda r: r.index not in dev)
+        else:
+            chosen += records[: config.limit]
+    return chosen
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m bpo_trainer.guard_report {generate,report} [--option value ...]``."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        GuardReportConfig,
+        prog="python -m bpo_trainer.guard_report",
+        description="The default optimizer's rewrites, and how the guards judge them.",
+    )
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        args = ["--command", args[0], *args[1:]]
+    (config,) = parser.parse_args_into_dataclasses(args=args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    shared = resolve_shared_dir(config.shared_dir)
+    if config.command == "generate":
+        outputs = generate_outputs(select(config, shared), config.outputs, template=config.template)
+        print(f"{len(outputs)} rewrites in {config.outputs}")
+        return 0
+    records = load_records(shared)
+    outputs = read_outputs(config.outputs)
+    if not outputs:
+        sys.stderr.write(f"error: no rewrites in {config.outputs}: run generate first\n")
+        return 2
+    dev = dev_indices()
+    rows = judge(records, outputs, set(dev))
+    quality = dev_quality(records, outputs, dev, resamples=config.resamples)
+    done = {o.index for o in outputs if o.set == "val" and o.template == "bpo"}
+    train = sorted(done - set(dev))
+    train_quality = (
+        dev_quality(records, outputs, train, resamples=config.resamples) if train else []
+    )
+    print("Rejections by guard (each guard alone):\n")
+    print(guard_table(rows))
+    print("\nQuality on the dev split (sacrebleu corpus scores against final_output):\n")
+    print(quality_table(quality))
+    if train_quality:
+        print(
+            f"\nThe same on the {len(train)} other val.json records rewritten (the model was "
+            "trained on them: for comparing the fallback rules only):\n"
+        )
+        print(quality_table(train_quality))
+    if config.report_file:
+        report = {
+            "guards": [
+                {
+                    "guard": r.guard,
+                    "counts": r.counts,
+                    "rejections": [asdict(x) for x in r.rejections],
+                }
+                for r in rows
+            ],
+            "quality": [asdict(q) for q in quality],
+            "train_quality": [asdict(q) for q in train_quality],
+        }
+        Path(config.report_file).write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(f"\nevery rejection: {config.report_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

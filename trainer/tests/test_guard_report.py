@@ -1,0 +1,187 @@
+"""bpo_trainer.guard_report on the real BPO files and the saved rewrites of the default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bpo_trainer import guard_report
+from bpo_trainer.guard_report import (
+    Output,
+    PromptRecord,
+    bootstrap,
+    choose,
+    dev_indices,
+    dev_quality,
+    generate_outputs,
+    guard_table,
+    judge,
+    load_prompts,
+    load_records,
+    read_outputs,
+)
+from bpo_trainer.quality import corpus_scores
+
+from bpo_integrations.guards import Guards
+
+pytestmark = pytest.mark.shared_data
+
+FIXTURE = (
+    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "default_optimizer_outputs.jsonl"
+)
+
+
+@pytest.fixture(scope="module")
+def records(shared_dir: Path) -> dict[tuple[str, int], PromptRecord]:
+    return load_records(shared_dir)
+
+
+def test_prompts_are_split_as_the_middleware_sees_them(shared_dir: Path) -> None:
+    val = load_prompts(shared_dir, "val")
+    raw = json.loads((shared_dir / "data" / "bpo" / "val.json").read_text(encoding="utf-8"))
+    assert len(val) == len(raw) == 300
+    with_context = [r for r in val if r.context]
+    assert len(with_context) == 44
+    for record in with_context:  # the instruction alone is rewritten; the context goes on after
+        assert record.instruction == raw[record.index]["instruction"].strip()
+        assert record.context == raw[record.index]["context"].strip()
+    assert all(r.reference == raw[r.index]["optimized_prompt"].strip() for r in val)
+    vicuna = load_prompts(shared_dir, "vicuna")
+    assert len(vicuna) == 80 and vicuna[0].instruction.startswith("How can I improve my time")
+    assert {len(load_prompts(shared_dir, n)) for n in ("dolly", "self_instruct")} == {200, 252}
+    with pytest.raises(ValueError, match="unknown prompt set 'nope'"):
+        load_prompts(shared_dir, "nope")
+
+
+def test_the_dev_split_is_the_one_the_shipped_model_card_names() -> None:
+    dev = dev_indices()
+    assert len(dev) == len(set(dev)) == 30
+    from bpo_integrations.models import default_adapter_path
+
+    card = (default_adapter_path() / "README.md").read_text(encoding="utf-8")
+    assert ", ".join(str(i) for i in dev) in card
+
+
+def test_generate_resumes_without_rewriting_what_the_file_holds(
+    records: dict[tuple[str, int], PromptRecord], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "outputs.jsonl"
+    done = [records[("vicuna", i)] for i in range(3)]
+    path.write_text(
+        "".join(
+            Output(r.set, r.index, "bpo", f"rewrite {r.index}", "eos_token").to_json() + "\n"
+            for r in done
+        ),
+        encoding="utf-8",
+    )
+
+    def no_backend(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished file must not load the model")
+
+    monkeypatch.setattr("bpo_integrations.backends.local.LocalBackend", no_backend)
+    outputs = generate_outputs(done, path)
+    assert [o.rewrite for o in outputs] == ["rewrite 0", "rewrite 1", "rewrite 2"]
+    assert read_outputs(tmp_path / "absent.jsonl") == []
+
+
+def test_the_fixture_holds_only_our_outputs_and_prompt_ids() -> None:
+    rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
+    assert rows and all(
+        set(row) == {"set", "index", "template", "rewrite", "finish_reason"} for row in rows
+    )
+    outputs = read_outputs(FIXTURE)
+    dev = set(dev_indices())
+    assert {o.index for o in outputs if o.set == "val" and o.template == "bpo"} >= dev
+    assert {o.index for o in outputs if o.template == "chat"} >= dev
+
+
+def test_choose_keeps_the_prompt_when_a_guard_rejects_and_always_keeps_the_context() -> None:
+    record = PromptRecord("val", 0, "Summarize the following article", context="Cats sleep.")
+    good = Output("val", 0, "bpo", "Summarize the following article in two sentences.", "eos_token")
+    invented = Output("val", 0, "bpo", 'Summarize "The Road" by Cormac McCarthy.', "eos_token")
+    assert choose(None, record, good) == ("Summarize the following article\nCats sleep.", None)
+    assert choose(Guards(), record, good)[0] == good.rewrite + "\nCats sleep."
+    text, reason = choose(Guards(), record, invented)
+    assert text == "Summarize the following article\nCats sleep."
+    assert reason is not None and reason.startswith("invented_content")
+
+
+def test_bootstrap_intervals_hold_the_point_estimate_and_pair_the_records() -> None:
+    references = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn"] * 4
+    copy = ["the cat sat", "a dog ran", "birds sing"] * 4
+    better = ["the cat sat on the mat", "a dog ran in the park", "birds sing"] * 4
+    intervals = bootstrap({"copy": copy, "better": better}, references, resamples=200)
+    for name, outputs in (("copy", copy), ("better", better)):
+        chrf, bleu = corpus_scores(outputs, references)
+        low, high = intervals[name]["chrf_ci"]
+        assert low <= chrf <= high
+        low, high = intervals[name]["bleu_ci"]
+        assert low <= bleu <= high
+    low, high = intervals["better"]["chrf_vs_copy_ci"]
+    assert 0 < low <= high  # better on every resample: the paired difference excludes zero
+    assert "chrf_vs_copy_ci" not in intervals["copy"]
+
+
+def test_report_on_the_saved_rewrites(records: dict[tuple[str, int], PromptRecord]) -> None:
+    outputs = read_outputs(FIXTURE)
+    dev = dev_indices()
+    rows = judge(records, outputs, set(dev))
+    by_guard = {row.guard: row for row in rows}
+    everything = by_guard["all (the default Guards())"]
+    for row in rows:
+        assert row.counts["ChatGPT references"][1] == 300
+        assert row.counts["dev"][1] == 30
+        # all the guards together reject whatever one of them rejects
+        for group, (rejected, _) in row.counts.items():
+            assert rejected <= everything.counts[group][0]
+    table = guard_table(rows)
+    assert table.splitlines()[0].startswith("| guard | ")
+    assert len(table.splitlines()) == 2 + len(rows)
+
+    quality = dev_quality(records, outputs, dev, resamples=50)
+    copy, default, guarded = quality
+    assert copy.rewritten == 0 and not copy.fallbacks
+    assert guarded.rewritten <= default.rewritten
+    assert sum(guarded.fallbacks.values()) == 30 - guarded.rewritten
+    references = [records[("val", i)].reference_output for i in dev]
+    texts = [records[("val", i)].instruction for i in dev]
+    texts = [
+        t + ("\n" + records[("val", i)].context if records[("val", i)].context else "")
+        for t, i in zip(texts, dev, strict=True)
+    ]
+    assert (copy.chrf, copy.bleu) == corpus_scores(texts, references)
+
+
+def test_main_report_prints_both_tables(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "report.json"
+    code = guard_report.main(
+        [
+            "report",
+            "--outputs",
+            str(FIXTURE),
+            "--shared_dir",
+            str(shared_dir),
+            "--resamples",
+            "20",
+            "--report_file",
+            str(report),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| invented_content |" in printed and "| copy the prompt |" in printed
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert {g["guard"] for g in data["guards"]} >= {"answered_instead", "changed_intent"}
+    assert len(data["quality"]) == 3
+
+
+def test_main_without_outputs_is_a_clear_error(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.jsonl"
+    code = guard_report.main(["report", "--outputs", str(missing), "--shared_dir", str(shared_dir)])
+    assert code == 2
+    assert f"no rewrites in {missing}: run generate first" in capsys.readouterr().err
