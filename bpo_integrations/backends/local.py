@@ -101,7 +101,7 @@ class LocalBackend(Backend):
         self.template = template
         self.prefix_caching = prefix_caching
         self.kv_cache_gb = kv_cache_gb
-        self.device = device
+        self.device = device.upper()  # OpenVINO names devices in capitals: "CPU", "GPU"
         self._init_runtime()
 
     def _init_runtime(self) -> None:

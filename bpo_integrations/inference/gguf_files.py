@@ -82,10 +82,13 @@ def write_merged_gguf(
     arch = facts["architecture"]
     names = gguf.TensorNameMap(_model_arch(arch), facts["block_count"])
     replaced = _hf_weights(Path(weights_dir), names, facts) if weights_dir is not None else {}
-    deltas = _lora_deltas(Path(adapter), names, facts) if adapter is not None else {}
+    deltas: dict[str, Callable[[], Any]] = {}
+    if adapter is not None:
+        deltas, saved = _lora_deltas(Path(adapter), names, facts)
+        replaced.update(saved)  # modules the adapter trained in full (modules_to_save)
     present = {t.name for t in reader.tensors}
-    if "output.weight" not in present:  # tied embeddings: the GGUF reuses token_embd
-        replaced.pop("output.weight", None)
+    # A base with tied embeddings has no output.weight; a fine-tune (or a merge) may untie them.
+    untied = replaced.pop("output.weight", None) if "output.weight" not in present else None
     unknown = set(deltas) - present
     if unknown:
         raise GGUFMergeError(
@@ -104,6 +107,14 @@ def write_merged_gguf(
         sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), kind, sub_type=sub)
     storage = getattr(gguf.GGMLQuantizationType, precision.upper())
+
+    def add(name: str, array: np.ndarray) -> None:
+        if array.ndim == 2 and _quantizable(array, storage):
+            writer.add_tensor(name, gguf.quants.quantize(array, storage), raw_dtype=storage)
+        else:
+            writer.add_tensor(name, array)
+
+    embeddings = None
     for tensor in reader.tensors:
         if tensor.name in replaced:
             array = replaced.pop(tensor.name)()
@@ -112,10 +123,13 @@ def write_merged_gguf(
         array = np.asarray(array, dtype=np.float32)
         if tensor.name in deltas:
             array = array + deltas[tensor.name]()
-        if array.ndim == 2 and _quantizable(array, storage):
-            writer.add_tensor(tensor.name, gguf.quants.quantize(array, storage), raw_dtype=storage)
-        else:
-            writer.add_tensor(tensor.name, array)
+        if tensor.name == "token_embd.weight":
+            embeddings = array
+        add(tensor.name, array)
+    if untied is not None:
+        head = np.asarray(untied(), dtype=np.float32)
+        if embeddings is None or not np.array_equal(head, embeddings):
+            add("output.weight", head)
     if replaced:
         raise GGUFMergeError(
             f"{weights_dir} has weights the base model does not: {', '.join(sorted(replaced)[:3])}"
@@ -211,18 +225,22 @@ def _lora_deltas(adapter: Path, names: Any, facts: dict[str, Any]) -> dict[str, 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
         raise GGUFMergeError(f"{adapter}: only plain LoRA adapters can be merged")
-    if config.get("modules_to_save"):
-        raise GGUFMergeError(f"{adapter}: adapters with modules_to_save cannot be merged")
     rank = int(config["r"])
     alpha = float(config.get("lora_alpha", rank))
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     pairs: dict[str, dict[str, Callable[[], Any]]] = {}
+    saved: dict[str, Callable[[], Any]] = {}
     for name, load in _safetensors(adapter, prefix="adapter_model"):
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in name:
-                module = name.split(marker)[0].removeprefix("base_model.model.")
-                pairs.setdefault(module, {})[part] = load
+        parts = [part for part in ("lora_A", "lora_B") if f".{part}." in name]
+        if not parts:  # a module trained in full (modules_to_save)
+            hf_name = name.removeprefix("base_model.model.").replace(".modules_to_save", "")
+            target = _gguf_name(names, hf_name)
+            if target is None:
+                raise GGUFMergeError(f"{adapter}: no GGUF tensor for {hf_name}")
+            saved[target] = lambda load=load, target=target: _rotary_layout(target, load(), facts)
+            continue
+        module = name.split(f".{parts[0]}.")[0].removeprefix("base_model.model.")
+        pairs.setdefault(module, {})[parts[0]] = load
     deltas: dict[str, Callable[[], Any]] = {}
     for module, loads in pairs.items():
         if set(loads) != {"lora_A", "lora_B"}:
@@ -238,4 +256,4 @@ def _lora_deltas(adapter: Path, names: Any, facts: dict[str, Any]) -> dict[str, 
             return _rotary_layout(target, product, facts)
 
         deltas[target] = delta
-    return deltas
+    return deltas, saved

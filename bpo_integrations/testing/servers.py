@@ -692,9 +692,9 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     self._generate(body, fault, stream=stream, as_list=path == "/")
                 elif path in ("/v1/chat/completions", "/chat/completions"):
                     self._chat(body, fault)
-                elif path in ("/v1/completions", "/completions") and body.get("stream"):
+                elif path == "/v1/completions" and body.get("stream"):
                     self._streamed_completion(body, fault)
-                elif path in ("/v1/completions", "/completions"):
+                elif path == "/v1/completions":
                     self._completions(body, fault)
                 else:
                     self._no_route("POST", path)

@@ -113,7 +113,7 @@ def optimize_in_child(payload: bytes) -> list[str]:
 
 
 def test_a_runnable_travels_to_another_process(server: ScriptedServer) -> None:
-    runnable = BPORunnable(OpenAIBackend("THUDM/BPO", base_url=server.url + "/v1"))
+    runnable = BPORunnable(OpenAIBackend("THUDM/BPO", base_url=server.url + "/v1", api="chat"))
     runnable.invoke("warm up")  # a used one, with clients
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -128,9 +128,16 @@ CLOSING = """
     from bpo_integrations.backends import OpenAIBackend, TGIBackend
     from bpo_integrations.testing.servers import ScriptedServer, hf_inference_online
 
-    with ScriptedServer(lambda p: p + " Explain.", model_id="m") as server, hf_inference_online():
+    def rewrite(text):  # the prompt out of the BPO template (raw) or the BPO message (chat)
+        return text.split("\\n", 1)[-1].removesuffix(" [/INST]") + " Explain in detail."
+
+    with ScriptedServer(rewrite, model_id="m") as server, hf_inference_online():
         def backends():
-            return [OpenAIBackend("m", base_url=server.url + "/v1"), TGIBackend(server.url)]
+            return [
+                OpenAIBackend("m", base_url=server.url + "/v1"),
+                OpenAIBackend("m", base_url=server.url + "/v1", api="chat"),
+                TGIBackend(server.url),
+            ]
 
         for backend in backends():
             with BPOOptimizer(backend, timeout=10) as optimizer:

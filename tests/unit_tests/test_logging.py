@@ -60,8 +60,8 @@ def test_an_unknown_model_is_another_cause_with_its_own_warning(
 
     messages = [r.getMessage() for r in records(caplog, logging.WARNING)]
     assert len(messages) == 2
-    assert "backend_error: model 'bpo-typo' not found" in messages[0]
-    assert "/v1/models" in messages[0]  # the fix the backend names
+    assert "backend_error: model 'bpo-typo' is not served" in messages[0]
+    assert "--lora-modules bpo-typo=" in messages[0]  # the fix the backend names
     assert "backend_unavailable" in messages[1]
 
 

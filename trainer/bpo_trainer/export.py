@@ -3,8 +3,11 @@
 A LoRA adapter is merged into its base model (PEFT ``merge_and_unload``); a fully fine-tuned model
 is re-saved. The folder holds safetensors weights, the tokenizer, a generation config with the BPO
 decoding preset, and a model card (``README.md``, a ``huggingface_hub.ModelCard`` from
-``cards/export.md``) describing the base model, the data and the training settings. TGI serves
-it with ``--model-id /path/to/folder``; ``LocalBackend`` and ``AutoModelForCausalLM`` load it.
+``cards/export.md``) describing the base model, the data and the training settings. TGI and vLLM
+serve it with ``--model-id``/``--model /path/to/folder``; ``AutoModelForCausalLM`` loads it; and
+when the base came from a GGUF (the default optimizer's does), ``bpo-conversion.json`` names that
+GGUF so that ``LocalBackend`` runs the folder on its engine, and ``--gguf`` also writes
+``model.gguf`` for llama.cpp's server.
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ class ExportConfig:
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Write into output_dir even if it is not empty."}
+    )
+    gguf: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write model.gguf (the base's GGUF with these weights) for llama.cpp's "
+            "server and LocalBackend; needs a base that came from a GGUF."
+        },
+    )
+    gguf_precision: Literal["f16", "q8_0", "q4_0"] = field(
+        default="f16", metadata={"help": "How model.gguf stores its weights."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Passed to from_pretrained."})
 
@@ -184,8 +197,33 @@ def run_export(config: ExportConfig) -> Path:
     card.save(target / "README.md")
     if not any(target.glob("*.safetensors")):
         raise TrainerConfigError(f"no safetensors weights were written to {target}")
+    _link_to_gguf(config, target, base)
     logger.info("exported %s to %s", source, target)
     return target
+
+
+def _link_to_gguf(config: ExportConfig, target: Path, base: str) -> None:
+    """Say which GGUF the base came from (``LocalBackend`` then runs the folder on its engine by
+    writing these weights into that GGUF's layout), and write ``model.gguf`` if asked."""
+    from bpo_integrations.inference.prepare import source_gguf
+    from bpo_integrations.models import CONVERSION_MARKER
+
+    gguf = source_gguf(base)
+    if gguf is None:
+        if config.gguf:
+            raise TrainerConfigError(
+                f"--gguf needs a base model that came from a GGUF file; {base} did not (convert "
+                "it with llama.cpp's convert_hf_to_gguf.py, or serve the folder as it is)"
+            )
+        return
+    record = {"source": str(gguf.resolve()), "weights": "merged"}
+    (target / CONVERSION_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if config.gguf:
+        from bpo_integrations.inference.gguf_files import write_merged_gguf
+
+        write_merged_gguf(
+            gguf, target / "model.gguf", precision=config.gguf_precision, weights_dir=target
+        )
 
 
 def model_card(

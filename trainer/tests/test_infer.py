@@ -158,7 +158,7 @@ def test_local_backend_with_a_trained_adapter_through_the_cli(
             "--backend", "local",
             "--model", str(tiny_llama_dir),
             "--adapter", str(tiny_lora_run),
-            "--device", "cpu",
+            "--precision", "f16",
             "--template", "bpo",
             "--mode", "greedy",
             "--max_new_tokens", "48",
