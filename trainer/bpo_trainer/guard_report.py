@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bpo_trainer.recipes.default_optimizer import resolve_shared_dir
+from bpo_trainer.recipe.config import resolve_shared_dir
 
 if TYPE_CHECKING:
     from bpo_integrations.guards import Guards

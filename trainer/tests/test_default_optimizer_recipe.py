@@ -130,11 +130,11 @@ def test_the_recipe_command_runs_end_to_end_on_the_tiny_llama(
 
     # the adapter folder loads on its own, in the raw template it was trained on, although
     # the tiny tokenizer has a chat template
-    backend = LocalBackend(assets, device="cpu")
+    backend = LocalBackend(assets)
     try:
         assert backend.template_kind == "bpo"
-        assert backend.tokenizer.chat_template
-        assert backend.resolved_model == str(tiny_llama_dir)
+        assert backend.engine.has_chat_template
+        assert backend.resolved_model == str((tiny_llama_dir / "tiny.gguf").resolve())
         assert backend.resolved_adapter == str(assets)
     finally:
         backend.close()
