@@ -24,8 +24,11 @@ def _quiet_dependencies(ctx: typer.Context) -> None:
     warnings.filterwarnings("ignore", module=r"(?!bpo_integrations\b)")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if ctx.invoked_subcommand == "optimize":
-        # It reports each fallback itself: a note, the output record, the exit status.
-        logging.getLogger("bpo_integrations").setLevel(logging.ERROR)
+        # It reports each fallback itself: a note, the output record, the exit status. Only while
+        # it runs, so a program that runs the command in-process keeps its own logging.
+        logger = logging.getLogger("bpo_integrations")
+        ctx.call_on_close(lambda level=logger.level: logger.setLevel(level))
+        logger.setLevel(logging.ERROR)
 
 
 def _register() -> None:

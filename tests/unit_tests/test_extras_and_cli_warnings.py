@@ -93,3 +93,25 @@ def test_importing_the_cli_changes_nothing_until_a_command_runs() -> None:
     )
     assert "still shown" in done.stderr
     assert done.stdout.split() == ["None", "0"]
+
+
+def test_bpo_optimize_quiets_the_package_logger_only_while_it_runs() -> None:
+    done = run(
+        """
+        import logging
+        from typer.testing import CliRunner
+        from bpo_integrations.cli import app
+
+        logger = logging.getLogger("bpo_integrations")
+        seen = []
+        logger.addFilter(lambda record: seen.append(logger.level) or True)
+        logger.setLevel(logging.INFO)
+        result = CliRunner().invoke(app, ["optimize", "--backend", "tgi", "--url", "http://127.0.0.1:9", "hi"])
+        logger.info("after the command")
+        print(result.exit_code, logger.level, seen)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    _exit_code, level, seen = done.stdout.split(maxsplit=2)
+    assert level == "20"  # INFO again once the command is over
+    assert seen.strip() == "[20]"  # the line logged after it went through; none during it
