@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks._common import REPO, Figure, Section, machine, table_row
 
-NAMES = ("overhead", "cache", "local", "served", "memory", "startup", "engines")
+NAMES = ("overhead", "cache", "proxy", "local", "served", "memory", "startup", "engines")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,12 +53,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
-    from benchmarks import cache, engines, local_batching, memory, overhead, served, startup
+    from benchmarks import (
+        cache,
+        engines,
+        local_batching,
+        memory,
+        overhead,
+        proxy_overhead,
+        served,
+        startup,
+    )
 
     sized = {"model": args.model, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens}
     return {
         "overhead": lambda: overhead.run(calls=args.calls, repeats=args.repeats),
         "cache": lambda: cache.run(prompts=args.prompts, repeats=args.repeats, calls=args.calls),
+        "proxy": lambda: proxy_overhead.run(calls=args.calls, repeats=args.repeats),
         "local": lambda: local_batching.run(repeats=args.repeats, **sized),
         "served": lambda: served.run(repeats=args.repeats, **sized),
         "memory": lambda: memory.run(**sized),
