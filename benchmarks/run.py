@@ -23,7 +23,17 @@ from pathlib import Path
 
 from benchmarks._common import REPO, Figure, Section, machine, table_row
 
-NAMES = ("overhead", "cache", "proxy", "local", "served", "memory", "startup", "engines")
+NAMES = (
+    "overhead",
+    "cache",
+    "proxy",
+    "local",
+    "served",
+    "memory",
+    "startup",
+    "engines",
+    "precision",
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,6 +69,7 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         local_batching,
         memory,
         overhead,
+        precision,
         proxy_overhead,
         served,
         startup,
@@ -73,6 +84,7 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         "served": lambda: served.run(repeats=args.repeats, **sized),
         "memory": lambda: memory.run(**sized),
         "startup": lambda: startup.run(model=args.model, repeats=args.repeats),
+        "precision": lambda: precision.run(),
         "engines": lambda: engines.run(
             prompts=args.prompts, repeats=min(args.repeats, 3), max_new_tokens=args.max_new_tokens
         ),
