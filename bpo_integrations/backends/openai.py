@@ -244,7 +244,8 @@ class _ChatBackend(Backend):
             text=self._clean(text or ""),
             finish_reason=reason,
             generated_tokens=getattr(usage, "completion_tokens", None),
-            extra={"finish_reason": finish, "model": getattr(completion, "model", None)},
+            model=getattr(completion, "model", None),
+            raw_finish_reason=finish,
         )
 
     def _clean(self, text: str) -> str:

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 
 from bpo_integrations._loop import gather
@@ -26,7 +26,7 @@ from bpo_integrations.errors import (
     OptimizationTimeoutError,
     TransientBackendError,
 )
-from bpo_integrations.settings import Generation, GenerationSettings
+from bpo_integrations.settings import FinishReason, Generation, GenerationSettings
 from bpo_integrations.template import format_bpo_prompt
 
 try:
@@ -65,7 +65,7 @@ def _warm_hub_headers() -> None:
 
 
 _TRANSIENT_STATUS = (429, 502, 503, 504)
-_FINISH_REASONS = ("length", "eos_token", "stop_sequence")
+_FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 START_HINT = (
     "start one with `bpo serve --port 8080` or TGI's image: `docker run --gpus all -p 8080:80 "
     "ghcr.io/huggingface/text-generation-inference:latest --model-id THUDM/BPO`"
@@ -254,7 +254,7 @@ class TGIBackend(Backend):
             text=text,
             finish_reason=reason,  # type: ignore[arg-type]
             generated_tokens=details.generated_tokens,
-            extra={"seed": details.seed},
+            seed=details.seed,
         )
 
     # -- errors -----------------------------------------------------------------------------

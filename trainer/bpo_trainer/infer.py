@@ -18,16 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bpo_integrations import BPOOptimizer, GenerationSettings, OptimizationResult
+from bpo_integrations import BPOOptimizer, FallbackReason, GenerationSettings, OptimizationResult
 from bpo_integrations.backends import Backend
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.sources import load_records
 
 logger = logging.getLogger(__name__)
-
-_BACKEND_FAILURES = ("timeout", "backend_", "circuit_open", "unexpected_error")
-"""Fallback reasons worth another try on the next run: such results are not written."""
 
 
 @dataclass
@@ -294,11 +291,29 @@ class _Done:
     record: dict[str, Any]
     optimized: str
     fell_back: bool
-    fallback_reason: str | None
+    fallback_reason: FallbackReason | None
+    fallback_detail: str = ""
 
     @classmethod
     def of(cls, key: Any, record: dict[str, Any], result: OptimizationResult) -> _Done:
-        return cls(key, record, result.optimized, result.fell_back, result.fallback_reason)
+        return cls(
+            key,
+            record,
+            result.optimized,
+            result.fell_back,
+            result.fallback_reason,
+            result.fallback_detail,
+        )
+
+    @property
+    def fallback_message(self) -> str | None:
+        reason = self.fallback_reason
+        return None if reason is None else reason.message(self.fallback_detail)
+
+    @property
+    def worth_retrying(self) -> bool:
+        """The backend failed: the prompt is not written, and the next run tries it again."""
+        return self.fallback_reason is not None and self.fallback_reason.is_backend_failure
 
 
 def _output_record(key_name: str, done: _Done) -> dict[str, Any]:
@@ -307,7 +322,7 @@ def _output_record(key_name: str, done: _Done) -> dict[str, Any]:
         key_name: done.key,
         "optimized_prompt": done.optimized,
         "fell_back": done.fell_back,
-        "fallback_reason": done.fallback_reason,
+        "fallback_reason": done.fallback_message,
     }
 
 
@@ -328,7 +343,7 @@ def _optimized_batches(
             for key, record in pending
         ]
         for rows in optimize_on_ray(config, items):
-            yield [_Done(*by_key[key], text, fell, reason) for key, text, fell, reason in rows]
+            yield [_Done(*by_key[key], *result) for key, *result in rows]
         return
     own_backend = backend is None
     optimizer = build_optimizer(config, backend or make_backend(config))
@@ -381,9 +396,8 @@ def run_infer(config: InferConfig, *, backend: Backend | None = None) -> InferSu
             for batch in batches:
                 failed = []
                 for done in batch:
-                    reason = done.fallback_reason or ""
-                    if done.fell_back and reason.startswith(_BACKEND_FAILURES):
-                        failed.append(reason)
+                    if done.fell_back and done.worth_retrying:
+                        failed.append(done.fallback_message)
                         continue
                     writer.write(_output_record(key_name, done))
                     written += 1

@@ -45,7 +45,6 @@ OPTIMIZED_FILE = "optimized.jsonl"
 ANSWERS_FILE = "answers.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
 STEPS = ("optimize", "answer", "judge")
-_RETRYABLE_FALLBACKS = ("timeout", "backend_", "circuit_open", "unexpected_error")
 
 
 @dataclass
@@ -296,9 +295,9 @@ async def _optimize_step(
                     finally:
                         advance()
                     run.new_calls["optimize"] += 1
-                    reason = result.fallback_reason or ""
-                    if result.fell_back and reason.startswith(_RETRYABLE_FALLBACKS):
-                        run.fail("optimize", RuntimeError(reason))
+                    reason = result.fallback_reason
+                    if result.fell_back and reason is not None and reason.is_backend_failure:
+                        run.fail("optimize", RuntimeError(result.fallback_message))
                         return
                     rewrites = list(result.rounds) or [source]
                     completed = len(result.rounds)
@@ -307,7 +306,7 @@ async def _optimize_step(
                         item,
                         rewrites,
                         fell_back=result.fell_back,
-                        fallback_reason=result.fallback_reason,
+                        fallback_reason=result.fallback_message,
                         rounds_completed=completed,
                         latency_s=round(result.latency_s, 4),
                     )
