@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from bpo_integrations.errors import (
 from bpo_integrations.guards import Guards
 from bpo_integrations.postprocess import clean_completion
 from bpo_integrations.result import FallbackReason, OptimizationResult
+from bpo_integrations.retry import RetryPolicy
 from bpo_integrations.settings import Generation, GenerationSettings, Mode
 
 OnError = Literal["fallback", "raise"]
@@ -409,22 +411,13 @@ class BPOOptimizer:
         self, prompts: list[str], settings: GenerationSettings, deadline: float | None
     ) -> list[Generation]:
         """One backend call, retried on transient errors while the latency budget allows."""
-        attempt = 1
-        while True:
-            try:
-                return await self._generate_once(prompts, settings, deadline)
-            except (TransientBackendError, BackendUnavailableError) as error:
-                if attempt > self.max_retries:
-                    raise
-                hinted = getattr(error, "retry_after", None)
-                delay = hinted if hinted is not None else min(0.1 * 2 ** (attempt - 1), 2.0)
-                left = None if deadline is None else deadline - time.perf_counter()
-                if left is not None and delay >= left:
-                    raise OptimizationTimeoutError(
-                        f"retry in {delay:.2f}s would exceed the latency budget ({left:.2f}s left)"
-                    ) from error
-                await asyncio.sleep(delay)
-                attempt += 1
+        # short, steady waits: the latency budget, not the backoff, bounds a Retry-After
+        policy = RetryPolicy(
+            self.max_retries, initial_wait=0.1, max_backoff=2.0, max_wait=math.inf, jitter=False
+        )
+        return await policy.call(
+            lambda: self._generate_once(prompts, settings, deadline), deadline=deadline
+        )
 
     async def _generate_once(
         self, prompts: list[str], settings: GenerationSettings, deadline: float | None
