@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bpo_integrations import BPOOptimizer, FallbackReason, GenerationSettings, OptimizationResult
-from bpo_integrations.backends import Backend
+from bpo_integrations.backends import Backend, BackendConfigError, create
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.sources import load_records
@@ -201,24 +201,19 @@ def make_backend(config: InferConfig) -> Backend:
             max_batch_size=config.batch_size,
             engine_kwargs={"enforce_eager": True} if config.vllm_enforce_eager else None,
         )
-    if config.backend == "local":
-        from bpo_integrations.backends.local import LocalBackend
-
-        return LocalBackend(
-            config.model,
+    try:
+        return create(
+            config.backend,
+            endpoint=config.endpoint,
+            model=None if config.backend == "tgi" else config.model,  # tgi serves its own
             adapter=config.adapter,
-            precision=config.precision,
-            max_batch_size=config.batch_size,
-            template=config.template,
+            precision=config.precision if config.backend == "local" else None,
+            template=config.template if config.backend == "local" else None,
+            max_batch_size=config.batch_size if config.backend == "local" else None,
+            api_key=config.api_key,
         )
-    if config.backend == "tgi":
-        from bpo_integrations.backends.tgi import TGIBackend
-
-        assert config.endpoint is not None
-        return TGIBackend(config.endpoint, token=config.api_key)
-    from bpo_integrations.backends.openai import OpenAIBackend
-
-    return OpenAIBackend(config.model, base_url=config.endpoint, api_key=config.api_key)
+    except BackendConfigError as error:
+        raise TrainerConfigError(str(error)) from error
 
 
 def _keyed_records(config: InferConfig) -> tuple[str, list[tuple[Any, dict[str, Any]]]]:

@@ -114,24 +114,15 @@ class _Optimized:
 
 def _build_optimizer(config: EvalConfig) -> BPOOptimizer:
     from bpo_integrations import BPOOptimizer
+    from bpo_integrations.backends import create
 
-    backend: Any
-    if config.optimizer == "tgi":
-        from bpo_integrations.backends.tgi import TGIBackend
-
-        backend = TGIBackend(config.optimizer_url or "", timeout=config.optimizer_timeout)
-    elif config.optimizer == "openai":
-        from bpo_integrations.backends.openai import OpenAIBackend
-
-        backend = OpenAIBackend(
-            config.optimizer_model or "",
-            base_url=config.optimizer_url,
-            timeout=config.optimizer_timeout,
-        )
-    else:
-        from bpo_integrations.backends.local import LocalBackend
-
-        backend = LocalBackend(config.optimizer_model)
+    remote = config.optimizer != "local"
+    backend = create(
+        config.optimizer,
+        endpoint=config.optimizer_url if remote else None,
+        model=None if config.optimizer == "tgi" else config.optimizer_model,
+        timeout=config.optimizer_timeout if remote else None,
+    )
     return BPOOptimizer(
         backend,
         mode=config.optimizer_mode,  # type: ignore[arg-type]
