@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, Generic, TypeVar
@@ -52,7 +52,8 @@ _closing: set[asyncio.Task[Any]] = set()
 
 
 def close_on_their_loops(
-    pairs: Sequence[tuple[asyncio.AbstractEventLoop, C]], aclose: Callable[[C], Awaitable[Any]]
+    pairs: Sequence[tuple[asyncio.AbstractEventLoop, C]],
+    aclose: Callable[[C], Coroutine[Any, Any, Any]],
 ) -> None:
     """Close async clients from synchronous code, each on the loop its connections belong to.
 
@@ -68,13 +69,13 @@ def close_on_their_loops(
         if loop.is_closed():
             continue
         if loop is current:
-            task = loop.create_task(aclose(client))  # type: ignore[arg-type]
+            task = loop.create_task(aclose(client))
             _closing.add(task)
             task.add_done_callback(_closing.discard)
             continue
         with suppress(Exception):
             if loop.is_running():
-                asyncio.run_coroutine_threadsafe(aclose(client), loop).result(timeout=5)  # type: ignore[arg-type]
+                asyncio.run_coroutine_threadsafe(aclose(client), loop).result(timeout=5)
             elif current is None:
                 loop.run_until_complete(aclose(client))
             else:  # this thread runs a loop already: run the one at rest from another thread
@@ -83,7 +84,8 @@ def close_on_their_loops(
 
 
 async def aclose_on_their_loops(
-    pairs: Sequence[tuple[asyncio.AbstractEventLoop, C]], aclose: Callable[[C], Awaitable[Any]]
+    pairs: Sequence[tuple[asyncio.AbstractEventLoop, C]],
+    aclose: Callable[[C], Coroutine[Any, Any, Any]],
 ) -> None:
     """Async twin of :func:`close_on_their_loops`: awaits the clients of the running loop."""
     current = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,6 @@ from bpo_integrations.retry import RetryPolicy
 from bpo_integrations.settings import Generation, GenerationSettings, Mode
 
 OnError = Literal["fallback", "raise"]
-
-_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+: no extra task, unlike wait_for
 
 
 @dataclass
@@ -429,7 +428,7 @@ class BPOOptimizer:
         try:
             if left is None:
                 generations = await call
-            elif _HAS_TIMEOUT:
+            elif sys.version_info >= (3, 11):  # no extra task, unlike wait_for
                 async with asyncio.timeout(left):
                     generations = await call
             else:

@@ -131,9 +131,11 @@ class RetryPolicy:
     ) -> AsyncRetrying:
         """The tenacity ``AsyncRetrying`` of this policy; ``before_sleep`` runs before each
         wait (to count the retries); ``deadline`` is a :func:`time.perf_counter` time."""
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+        from tenacity import AsyncRetrying, retry_if_exception
 
-        def past_deadline(state: RetryCallState) -> bool:
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number > self.max_retries:
+                return True
             return deadline is not None and state.upcoming_sleep >= deadline - time.perf_counter()
 
         def give_up(state: RetryCallState) -> NoReturn:
@@ -148,7 +150,7 @@ class RetryPolicy:
             raise error
 
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1) | past_deadline,
+            stop=stop,
             wait=self.wait,
             retry=retry_if_exception(self.retry_on),
             before_sleep=before_sleep,
