@@ -12,10 +12,10 @@ from bpo_integrations.errors import (
     OptimizationTimeoutError,
     TransientBackendError,
 )
-from bpo_integrations.guards import Guards
+from bpo_integrations.guards import GuardFailure, Guards
 from bpo_integrations.optimizer import BPOOptimizer
-from bpo_integrations.result import OptimizationResult
-from bpo_integrations.settings import Generation, GenerationSettings
+from bpo_integrations.result import FallbackReason, OptimizationResult
+from bpo_integrations.settings import FinishReason, Generation, GenerationSettings
 from bpo_integrations.template import BPO_INSTRUCTION, BPO_TEMPLATE, format_bpo_prompt
 
 __version__ = "0.1.0"
@@ -27,9 +27,12 @@ __all__ = [
     "BPOOptimizer",
     "BackendError",
     "BackendUnavailableError",
+    "FallbackReason",
+    "FinishReason",
     "Generation",
     "GenerationSettings",
     "GuardError",
+    "GuardFailure",
     "Guards",
     "OptimizationResult",
     "OptimizationTimeoutError",

@@ -15,27 +15,33 @@ import threading
 import time
 from collections.abc import Hashable
 
+from bpo_integrations.result import FallbackReason
+
 logger = logging.getLogger("bpo_integrations")
 
 REPEAT_AFTER_S = 600.0
 """A cause that keeps failing is warned about again after this many seconds, with a count."""
 
-_FIXES = {
-    "backend_unavailable": "check that the optimizer's server runs at that address",
-    "backend_overloaded": (
+_FIXES: dict[FallbackReason, str] = {
+    FallbackReason.BACKEND_UNAVAILABLE: "check that the optimizer's server runs at that address",
+    FallbackReason.BACKEND_OVERLOADED: (
         "the server stayed overloaded through the retries: raise max_retries or timeout, or add "
         "capacity"
     ),
-    "backend_error": "the request itself failed: fix what the error names (model, extra, key)",
-    "timeout": (
+    FallbackReason.BACKEND_ERROR: (
+        "the request itself failed: fix what the error names (model, extra, key)"
+    ),
+    FallbackReason.TIMEOUT: (
         "raise BPOOptimizer(timeout=...) or use a faster backend (a GPU server, mode='greedy')"
     ),
-    "circuit_open": "the earlier warning says why the backend failed",
-    "input_too_long": (
+    FallbackReason.CIRCUIT_OPEN: "the earlier warning says why the backend failed",
+    FallbackReason.INPUT_TOO_LONG: (
         "optimize only the question and pass documents as context (optimize(prompt, "
         "context=...), BPORunnable(context_key=...)), or raise max_input_chars"
     ),
-    "unexpected_error": "this is a bug in the backend; the traceback is logged at DEBUG",
+    FallbackReason.UNEXPECTED_ERROR: (
+        "this is a bug in the backend; the traceback is logged at DEBUG"
+    ),
 }
 """Causes worth a WARNING, with the fix to suggest. Guard rejections are INFO, empty input DEBUG."""
 
@@ -43,9 +49,9 @@ _lock = threading.Lock()
 _seen: dict[Hashable, tuple[float, int]] = {}
 
 
-def fallback(backend: Hashable, backend_name: str, kind: str, detail: str) -> None:
+def fallback(backend: Hashable, backend_name: str, kind: FallbackReason, detail: str) -> None:
     """Log that a prompt fell back: WARNING once per ``(backend, kind)`` and then rate-limited."""
-    if kind == "empty_input":
+    if kind is FallbackReason.EMPTY_INPUT:
         logger.debug("prompt not optimized: empty input")
         return
     level = logging.WARNING if kind in _FIXES else logging.INFO
@@ -57,7 +63,7 @@ def fallback(backend: Hashable, backend_name: str, kind: str, detail: str) -> No
         last, suppressed = _seen.get(key, (None, 0))
         due = last is None or now - last >= REPEAT_AFTER_S
         _seen[key] = (now, 0) if due else (last, suppressed + 1)  # type: ignore[assignment]
-    reason = f"{kind}: {detail}" if detail else kind
+    reason = kind.message(detail)
     if not due:
         logger.debug("the %s optimizer fell back again (%s)", backend_name, reason)
         return

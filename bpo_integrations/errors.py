@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bpo_integrations.result import FallbackReason
+
 
 class BPOError(Exception):
     """Base class of every error raised by bpo_integrations."""
@@ -30,7 +35,7 @@ class OptimizationTimeoutError(BPOError, TimeoutError):
 class GuardError(BPOError):
     """The optimizer's output failed a guard (empty, runaway, lost protected content)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    def __init__(self, reason: FallbackReason, detail: str = "") -> None:
+        super().__init__(reason.message(detail))
         self.reason = reason
         self.detail = detail

@@ -172,12 +172,12 @@ def optimizer_from_env(environ: Mapping[str, str]) -> BPOOptimizer:
         >>> optimizer_from_env({"BPO_BACKEND": "tgi", "BPO_ENDPOINT": "http://localhost:8080"})
         BPOOptimizer(backend='tgi', mode='stable', iterations=1, timeout=10.0)
     """
-    from bpo_integrations.cli._common import CliError, build_backend
+    from bpo_integrations.backends import MissingExtraError, create
 
     timeout = environ.get("BPO_TIMEOUT", "10")
     try:
         budget = float(timeout)
-        backend = build_backend(
+        backend = create(
             environ.get("BPO_BACKEND", "local"),
             endpoint=environ.get("BPO_ENDPOINT") or None,
             model=environ.get("BPO_MODEL") or None,
@@ -187,8 +187,8 @@ def optimizer_from_env(environ: Mapping[str, str]) -> BPOOptimizer:
             f"bad BPO_* settings for the LiteLLM callback (BPO_TIMEOUT={timeout!r}, "
             f"BPO_BACKEND={environ.get('BPO_BACKEND', 'local')!r}): {error}"
         ) from error
-    except CliError as error:
-        raise ValueError(f"bad BPO_* settings for the LiteLLM callback: {error.message}") from error
+    except MissingExtraError as error:
+        raise ValueError(f"bad BPO_* settings for the LiteLLM callback: {error}") from error
     return BPOOptimizer(backend, timeout=budget)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import sys
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -23,12 +25,11 @@ from bpo_integrations.errors import (
 )
 from bpo_integrations.guards import Guards
 from bpo_integrations.postprocess import clean_completion
-from bpo_integrations.result import OptimizationResult
+from bpo_integrations.result import FallbackReason, OptimizationResult
+from bpo_integrations.retry import RetryPolicy
 from bpo_integrations.settings import Generation, GenerationSettings, Mode
 
 OnError = Literal["fallback", "raise"]
-
-_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+: no extra task, unlike wait_for
 
 
 @dataclass
@@ -271,15 +272,18 @@ class BPOOptimizer:
             if context is not None and not isinstance(context, str):
                 raise TypeError(f"a context must be a str or None, got {type(context).__name__}")
             if not prompt.strip():
-                slots.append(self._passthrough(prompt, context, "empty_input", "", started))
+                empty = FallbackReason.EMPTY_INPUT
+                slots.append(self._passthrough(prompt, context, empty, "", started))
             elif len(prompt) > self.max_input_chars:
                 detail = f"{len(prompt)} characters, limit {self.max_input_chars}"
-                slots.append(self._passthrough(prompt, context, "input_too_long", detail, started))
+                too_long = FallbackReason.INPUT_TOO_LONG
+                slots.append(self._passthrough(prompt, context, too_long, detail, started))
             else:
                 key = self._cache_key(prompt, settings, rounds) if self.cache.maxsize else None
                 hit = None if key is None else self.cache.get(key)
                 if hit is None and not self.circuit.allow():
-                    slots.append(self._passthrough(prompt, context, "circuit_open", "", started))
+                    skip = FallbackReason.CIRCUIT_OPEN
+                    slots.append(self._passthrough(prompt, context, skip, "", started))
                 elif hit is not None:
                     latency = time.perf_counter() - started
                     _log.logger.debug("cache hit for %.80r", prompt)
@@ -301,23 +305,28 @@ class BPOOptimizer:
         return slots, settings, rounds, started
 
     def _passthrough(
-        self, prompt: str, context: str | None, kind: str, detail: str, started: float
+        self,
+        prompt: str,
+        context: str | None,
+        kind: FallbackReason,
+        detail: str,
+        started: float,
     ) -> OptimizationResult:
-        reason = f"{kind}: {detail}" if detail else kind
-        if self.on_error == "raise" and kind == "circuit_open":
+        if self.on_error == "raise" and kind is FallbackReason.CIRCUIT_OPEN:
             raise BackendUnavailableError(
                 f"the {self.backend.name} backend failed {self.circuit.consecutive_failures} times "
                 f"in a row; skipped for {self.circuit.cooldown_s}s (circuit open)"
             )
-        if self.on_error == "raise" and kind == "input_too_long":
-            raise ValueError(f"prompt not optimized: {reason}")
-        if kind == "circuit_open":
-            detail = (
+        if self.on_error == "raise" and kind is FallbackReason.INPUT_TOO_LONG:
+            raise ValueError(f"prompt not optimized: {kind.message(detail)}")
+        logged = detail
+        if kind is FallbackReason.CIRCUIT_OPEN:  # the record stays one word, the log says why
+            logged = (
                 f"the backend failed {self.circuit.consecutive_failures} times in a row and is "
                 f"skipped for {self.circuit.cooldown_s}s"
             )
         latency = time.perf_counter() - started  # the decision's, not the log line's
-        _log.fallback(self.backend.cache_identity(), self.backend.name, kind, detail)
+        _log.fallback(self.backend.cache_identity(), self.backend.name, kind, logged)
         return OptimizationResult(
             original=prompt,
             optimized=prompt,
@@ -325,7 +334,8 @@ class BPOOptimizer:
             latency_s=latency,
             context=context,
             fell_back=True,
-            fallback_reason=reason,
+            fallback_reason=kind,
+            fallback_detail=detail,
         )
 
     async def _run(
@@ -382,15 +392,15 @@ class BPOOptimizer:
             self.circuit.record_success()
             for item, generation in zip(active, generations, strict=True):
                 rewrite = clean_completion(generation.text, cut_markers=settings.stop)
-                reason = self.guards.check(
+                failure = self.guards.check(
                     item.prompt,
                     rewrite,
                     finish_reason=generation.finish_reason,
                     context=item.context,
                 )
-                if reason is not None:
+                if failure is not None:
                     if round_index == 0:
-                        item.error = GuardError(*reason.split(": ", 1))
+                        item.error = GuardError(failure.reason, failure.detail)
                     item.done = True
                     continue
                 item.rounds.append(rewrite)
@@ -400,22 +410,13 @@ class BPOOptimizer:
         self, prompts: list[str], settings: GenerationSettings, deadline: float | None
     ) -> list[Generation]:
         """One backend call, retried on transient errors while the latency budget allows."""
-        attempt = 1
-        while True:
-            try:
-                return await self._generate_once(prompts, settings, deadline)
-            except (TransientBackendError, BackendUnavailableError) as error:
-                if attempt > self.max_retries:
-                    raise
-                hinted = getattr(error, "retry_after", None)
-                delay = hinted if hinted is not None else min(0.1 * 2 ** (attempt - 1), 2.0)
-                left = None if deadline is None else deadline - time.perf_counter()
-                if left is not None and delay >= left:
-                    raise OptimizationTimeoutError(
-                        f"retry in {delay:.2f}s would exceed the latency budget ({left:.2f}s left)"
-                    ) from error
-                await asyncio.sleep(delay)
-                attempt += 1
+        # short, steady waits: the latency budget, not the backoff, bounds a Retry-After
+        policy = RetryPolicy(
+            self.max_retries, initial_wait=0.1, max_backoff=2.0, max_wait=math.inf, jitter=False
+        )
+        return await policy.call(
+            lambda: self._generate_once(prompts, settings, deadline), deadline=deadline
+        )
 
     async def _generate_once(
         self, prompts: list[str], settings: GenerationSettings, deadline: float | None
@@ -427,7 +428,7 @@ class BPOOptimizer:
         try:
             if left is None:
                 generations = await call
-            elif _HAS_TIMEOUT:
+            elif sys.version_info >= (3, 11):  # no extra task, unlike wait_for
                 async with asyncio.timeout(left):
                     generations = await call
             else:
@@ -453,11 +454,11 @@ class BPOOptimizer:
     def _finish(self, item: _Item, started: float) -> OptimizationResult:
         latency = time.perf_counter() - started
         if item.error is not None or not item.rounds:
-            error = item.error or GuardError("empty_output")
+            error = item.error or GuardError(FallbackReason.EMPTY_OUTPUT)
             if self.on_error == "raise":
                 raise error
             kind, detail = _reason(error)
-            if kind == "unexpected_error":
+            if kind is FallbackReason.UNEXPECTED_ERROR:
                 _log.logger.debug("the %s backend raised", self.backend.name, exc_info=error)
             _log.fallback(self.backend.cache_identity(), self.backend.name, kind, detail)
             return OptimizationResult(
@@ -467,7 +468,8 @@ class BPOOptimizer:
                 latency_s=latency,
                 context=item.context,
                 fell_back=True,
-                fallback_reason=f"{kind}: {detail}" if detail else kind,
+                fallback_reason=kind,
+                fallback_detail=detail,
                 error=repr(error),
             )
         result = OptimizationResult(
@@ -492,16 +494,16 @@ class BPOOptimizer:
         return result
 
 
-def _reason(error: BaseException) -> tuple[str, str]:
+def _reason(error: BaseException) -> tuple[FallbackReason, str]:
     """The fallback reason of ``error``: its kind and the detail."""
     if isinstance(error, GuardError):
         return error.reason, error.detail
     if isinstance(error, OptimizationTimeoutError | asyncio.TimeoutError):
-        return "timeout", str(error)
+        return FallbackReason.TIMEOUT, str(error)
     if isinstance(error, TransientBackendError):
-        return "backend_overloaded", str(error)
+        return FallbackReason.BACKEND_OVERLOADED, str(error)
     if isinstance(error, BackendUnavailableError):
-        return "backend_unavailable", str(error)
+        return FallbackReason.BACKEND_UNAVAILABLE, str(error)
     if isinstance(error, BackendError):
-        return "backend_error", str(error)
-    return "unexpected_error", f"{type(error).__name__}: {error}"
+        return FallbackReason.BACKEND_ERROR, str(error)
+    return FallbackReason.UNEXPECTED_ERROR, f"{type(error).__name__}: {error}"

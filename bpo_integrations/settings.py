@@ -7,6 +7,10 @@ from typing import Literal
 
 Mode = Literal["stable", "aggressive", "greedy"]
 
+FinishReason = Literal["eos_token", "stop_sequence", "length"]
+"""Why a generation stopped, in TGI's words: the model's end token, a stop sequence, or the token
+limit. A :class:`Generation` from a backend that does not say is ``"unknown"``."""
+
 AGGRESSIVE_BAD_WORDS: tuple[str, ...] = ("[PROTECT]", "\n\n[PROTECT]", "[KEEP", "[INSTRUCTION]")
 """Words the reference's aggressive mode forbids the model to write."""
 
@@ -83,9 +87,18 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class Generation:
-    """One completion from a backend: the text and why generation stopped."""
+    """One completion from a backend: the text and why generation stopped.
+
+    What a backend knows besides, when it knows it: the completion's ``token_ids`` and the
+    prompt's length in tokens (local), the ``seed`` the server drew (TGI), the ``model`` that
+    answered and the server's own ``raw_finish_reason`` (OpenAI-compatible servers).
+    """
 
     text: str
-    finish_reason: Literal["eos_token", "stop_sequence", "length", "unknown"] = "unknown"
+    finish_reason: FinishReason | Literal["unknown"] = "unknown"
     generated_tokens: int | None = None
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
+    token_ids: tuple[int, ...] | None = field(default=None, compare=False)
+    prompt_tokens: int | None = field(default=None, compare=False)
+    seed: int | None = field(default=None, compare=False)
+    model: str | None = field(default=None, compare=False)
+    raw_finish_reason: str | None = field(default=None, compare=False)

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.backends.callable import CallableBackend
+from bpo_integrations.backends.factory import (
+    BackendConfigError,
+    BackendKind,
+    MissingExtraError,
+    create,
+)
 
 if TYPE_CHECKING:
     from bpo_integrations.backends.langchain import LangChainBackend, from_langchain
@@ -32,13 +38,17 @@ _LAZY = {
 
 __all__ = [
     "Backend",
+    "BackendConfigError",
+    "BackendKind",
     "CallableBackend",
     "LangChainBackend",
     "LlamaIndexBackend",
     "LocalBackend",
+    "MissingExtraError",
     "OpenAIBackend",
     "OpenAIPromptEngineerBackend",
     "TGIBackend",
+    "create",
     "from_langchain",
     "from_llama_index",
     "from_llm",

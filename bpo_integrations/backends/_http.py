@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -34,105 +29,3 @@ def raise_mapped(
     if mapped is error:
         raise error
     raise mapped from error
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); ``None`` if absent.
-
-    Example:
-        >>> parse_retry_after("1.5"), parse_retry_after(None), parse_retry_after("soon")
-        (1.5, None, None)
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class PerLoopClients(Generic[C]):
-    """One async client per running event loop, made on first use and reused after.
-
-    An async HTTP client's connection pool belongs to the loop that made it; making a client per
-    call instead costs a TLS context and a new connection every time.
-    """
-
-    def __init__(self, factory: Callable[[], C]) -> None:
-        self._factory = factory
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
-
-    def get(self) -> C:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._clients.get(loop)
-            if client is None:
-                client = self._clients[loop] = self._factory()
-            return client
-
-    def clear(self) -> None:
-        with self._lock:
-            self._clients.clear()
-
-    def drain(self) -> list[tuple[asyncio.AbstractEventLoop, C]]:
-        """Take every client out, with its loop (to close them: :func:`close_on_their_loops`)."""
-        with self._lock:
-            pairs = list(self._clients.items())
-            self._clients.clear()
-        return pairs
-
-
-_closing: set[asyncio.Task[Any]] = set()
-
-
-def close_on_their_loops(
-    pairs: Sequence[tuple[asyncio.AbstractEventLoop, C]], aclose: Callable[[C], Awaitable[Any]]
-) -> None:
-    """Close async clients from synchronous code, each on the loop its connections belong to.
-
-    A loop at rest (the sync API's own loop of a thread) runs the close; a loop running in another
-    thread is handed it; the caller's own running loop gets it as a task. A client whose loop is
-    closed already cannot be closed any more: its connections went with the loop.
-    """
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
-    for loop, client in pairs:
-        if loop.is_closed():
-            continue
-        if loop is current:
-            task = loop.create_task(aclose(client))  # type: ignore[arg-type]
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-            continue
-        with suppress(Exception):
-            if loop.is_running():
-                asyncio.run_coroutine_threadsafe(aclose(client), loop).result(timeout=5)  # type: ignore[arg-type]
-            elif current is None:
-                loop.run_until_complete(aclose(client))
-            else:  # this thread runs a loop already: run the one at rest from another thread
-                with ThreadPoolExecutor(max_workers=1) as pool:
-                    pool.submit(close_on_their_loops, [(loop, client)], aclose).result(timeout=5)
-
-
-async def aclose_on_their_loops(
-    pairs: Sequence[tuple[asyncio.AbstractEventLoop, C]], aclose: Callable[[C], Awaitable[Any]]
-) -> None:
-    """Async twin of :func:`close_on_their_loops`: awaits the clients of the running loop."""
-    current = asyncio.get_running_loop()
-    for loop, client in pairs:
-        if loop is current:
-            with suppress(Exception):
-                await aclose(client)
-        elif not loop.is_closed():
-            await asyncio.to_thread(close_on_their_loops, [(loop, client)], aclose)

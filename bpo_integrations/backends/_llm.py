@@ -18,6 +18,7 @@ from bpo_integrations.errors import (
     OptimizationTimeoutError,
     TransientBackendError,
 )
+from bpo_integrations.retry import TRANSIENT_STATUS
 from bpo_integrations.settings import Generation, GenerationSettings
 from bpo_integrations.template import BPO_INSTRUCTION, BPO_TEMPLATE
 
@@ -26,8 +27,6 @@ CHAT_TEMPLATE = BPO_INSTRUCTION + "\n{prompt}"
 
 COMPLETION_TEMPLATE = BPO_TEMPLATE
 """The text a completion model gets: the raw BPO template ``[INST] ... [/INST]``."""
-
-_TRANSIENT_STATUS = (429, 502, 503, 504)
 
 
 class LLMBackend(Backend):
@@ -136,7 +135,7 @@ def map_llm_error(error: BaseException, where: str, elapsed: float) -> BaseExcep
     text = f"{where} failed: {type(error).__name__}: {error}"
     if isinstance(error, TimeoutError | asyncio.TimeoutError) or any("Timeout" in n for n in names):
         return OptimizationTimeoutError(f"no answer from {where} after {elapsed:.2f}s ({error})")
-    if status in _TRANSIENT_STATUS or "RateLimitError" in names:
+    if status in TRANSIENT_STATUS or "RateLimitError" in names:
         return TransientBackendError(text)
     if isinstance(error, ConnectionError) or any("Connect" in n for n in names):
         return BackendUnavailableError(text)

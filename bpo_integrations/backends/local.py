@@ -373,7 +373,8 @@ class LocalBackend(Backend):
             text=text,
             finish_reason=finish,
             generated_tokens=len(ids),
-            extra={"prompt_tokens": completion.prompt_tokens, "token_ids": ids},
+            token_ids=tuple(ids),
+            prompt_tokens=completion.prompt_tokens,
         )
 
 

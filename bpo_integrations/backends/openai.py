@@ -18,21 +18,16 @@ from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
-from bpo_integrations.backends._http import (
-    PerLoopClients,
-    aclose_on_their_loops,
-    close_on_their_loops,
-    map_in_threads,
-    parse_retry_after,
-    raise_mapped,
-)
+from bpo_integrations.backends._http import map_in_threads, raise_mapped
 from bpo_integrations.backends.base import Backend
+from bpo_integrations.clients import PerLoopClients, aclose_on_their_loops, close_on_their_loops
 from bpo_integrations.errors import (
     BackendError,
     BackendUnavailableError,
     OptimizationTimeoutError,
     TransientBackendError,
 )
+from bpo_integrations.retry import TRANSIENT_STATUS, parse_retry_after
 from bpo_integrations.settings import Generation, GenerationSettings
 from bpo_integrations.template import format_bpo_message, format_bpo_prompt
 
@@ -58,7 +53,6 @@ DEFAULT_PROMPT_ENGINEER_INSTRUCTION = (
 
 Api = Literal["completions", "chat"]
 
-_TRANSIENT_STATUS = (429, 502, 503, 504)
 _PROBE_TIMEOUT_S = 5.0
 _START_HINT = (
     "start an OpenAI-compatible server, e.g. `vllm serve THUDM/BPO` (base_url "
@@ -244,7 +238,8 @@ class _ChatBackend(Backend):
             text=self._clean(text or ""),
             finish_reason=reason,
             generated_tokens=getattr(usage, "completion_tokens", None),
-            extra={"finish_reason": finish, "model": getattr(completion, "model", None)},
+            model=getattr(completion, "model", None),
+            raw_finish_reason=finish,
         )
 
     def _clean(self, text: str) -> str:
@@ -297,7 +292,7 @@ class _ChatBackend(Backend):
         if isinstance(error, openai.APIStatusError):
             status = error.status_code
             text = f"{where} answered HTTP {status}: {_status_text(error)}"
-            if status in _TRANSIENT_STATUS:
+            if status in TRANSIENT_STATUS:
                 retry_after = parse_retry_after(error.response.headers.get("retry-after"))
                 return TransientBackendError(text, retry_after=retry_after)
             if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):

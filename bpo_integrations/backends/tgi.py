@@ -7,26 +7,21 @@ import json
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 
 from bpo_integrations._loop import gather
-from bpo_integrations.backends._http import (
-    PerLoopClients,
-    aclose_on_their_loops,
-    close_on_their_loops,
-    map_in_threads,
-    parse_retry_after,
-    raise_mapped,
-)
+from bpo_integrations.backends._http import map_in_threads, raise_mapped
 from bpo_integrations.backends.base import Backend
+from bpo_integrations.clients import PerLoopClients, aclose_on_their_loops, close_on_their_loops
 from bpo_integrations.errors import (
     BackendError,
     BackendUnavailableError,
     OptimizationTimeoutError,
     TransientBackendError,
 )
-from bpo_integrations.settings import Generation, GenerationSettings
+from bpo_integrations.retry import TRANSIENT_STATUS, parse_retry_after
+from bpo_integrations.settings import FinishReason, Generation, GenerationSettings
 from bpo_integrations.template import format_bpo_prompt
 
 try:
@@ -64,8 +59,7 @@ def _warm_hub_headers() -> None:
     thread.start()
 
 
-_TRANSIENT_STATUS = (429, 502, 503, 504)
-_FINISH_REASONS = ("length", "eos_token", "stop_sequence")
+_FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 START_HINT = (
     "start one with `bpo serve --port 8080` or TGI's image: `docker run --gpus all -p 8080:80 "
     "ghcr.io/huggingface/text-generation-inference:latest --model-id THUDM/BPO`"
@@ -254,7 +248,7 @@ class TGIBackend(Backend):
             text=text,
             finish_reason=reason,  # type: ignore[arg-type]
             generated_tokens=details.generated_tokens,
-            extra={"seed": details.seed},
+            seed=details.seed,
         )
 
     # -- errors -----------------------------------------------------------------------------
@@ -295,7 +289,7 @@ class TGIBackend(Backend):
         status = response.status_code
         server_message = _error_text(response) or message.splitlines()[0]
         text = f"TGI at {self.endpoint} answered HTTP {status}: {server_message}"
-        if status in _TRANSIENT_STATUS:
+        if status in TRANSIENT_STATUS:
             return TransientBackendError(
                 text, retry_after=parse_retry_after(response.headers.get("retry-after"))
             )

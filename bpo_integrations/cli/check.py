@@ -168,9 +168,9 @@ def check(
     typer.echo(f"optimize   {result.latency_s:.2f} s")
     typer.echo(f"  original   {result.original}")
     typer.echo(f"  optimized  {result.optimized}")
-    reason = result.fallback_reason or ""
-    if result.fell_back:
-        if reason.startswith(("backend_", "timeout", "unexpected")):
+    reason = result.fallback_message
+    if result.fell_back and result.fallback_reason is not None:
+        if result.fallback_reason.is_backend_failure:
             fail(f"the optimization failed: {reason}", RUNTIME_ERROR)
         typer.echo(f"  note       the server answered, but the rewrite was not used: {reason}")
 

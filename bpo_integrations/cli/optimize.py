@@ -24,14 +24,18 @@ from bpo_integrations.cli._common import (
 )
 from bpo_integrations.errors import BPOError
 from bpo_integrations.optimizer import BPOOptimizer
-from bpo_integrations.result import OptimizationResult
+from bpo_integrations.result import FallbackReason, OptimizationResult
 from bpo_integrations.settings import GenerationSettings
 
-FATAL_REASONS = ("backend_unavailable", "backend_error", "backend_overloaded", "timeout")
-"""Fallback reasons that mean the optimizer did not work at all (rather than a rejected rewrite)."""
-
-FILE_FATAL_REASONS = ("backend_unavailable", "backend_error", "backend_overloaded")
-"""In file mode a prompt that ran out of time is written as a fallback; these stop the job."""
+_BACKEND_DOWN = frozenset(
+    {
+        FallbackReason.BACKEND_UNAVAILABLE,
+        FallbackReason.BACKEND_ERROR,
+        FallbackReason.BACKEND_OVERLOADED,
+    }
+)
+"""Fallbacks that mean the optimizer did not work at all (rather than a rejected rewrite): they
+stop the command. One prompt that ran out of time does too; a file's is written as a fallback."""
 
 
 class ModeName(str, Enum):
@@ -186,23 +190,22 @@ def _optimize_one(
     if json_output:
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
-    if result.fell_back and result.fallback_reason != "empty_input":
-        typer.echo(f"note: kept the original prompt ({result.fallback_reason})", err=True)
+    if result.fell_back and result.fallback_reason is not FallbackReason.EMPTY_INPUT:
+        typer.echo(f"note: kept the original prompt ({result.fallback_message})", err=True)
     typer.echo(result.text)
 
 
 def _raise_if_fatal(
     result: OptimizationResult, optimizer: BPOOptimizer, endpoint: str | None
 ) -> None:
-    reason = result.fallback_reason or ""
-    if not result.fell_back or not reason.startswith(FATAL_REASONS):
+    kind, detail = result.fallback_reason, result.fallback_detail
+    if not result.fell_back or (kind not in _BACKEND_DOWN and kind is not FallbackReason.TIMEOUT):
         return
-    kind, _, detail = reason.partition(": ")
     backend = optimizer.backend.name
-    if kind == "backend_unavailable":
+    if kind is FallbackReason.BACKEND_UNAVAILABLE:
         where = f" at {endpoint}" if endpoint else ""
         message = f"the {backend} endpoint{where} is unreachable: {detail}"
-    elif kind == "timeout":
+    elif kind is FallbackReason.TIMEOUT:
         message = f"the {backend} backend timed out ({detail}); raise --timeout if it is just slow"
     else:
         message = f"the {backend} backend failed: {detail}"
@@ -361,8 +364,7 @@ def _optimize_file(
         try:
             for finished in asyncio.as_completed(pending):
                 line, result = await finished
-                reason = result.fallback_reason or ""
-                if result.fell_back and reason.startswith(FILE_FATAL_REASONS):
+                if result.fell_back and result.fallback_reason in _BACKEND_DOWN:
                     return result
                 writer.write(
                     {
@@ -374,7 +376,7 @@ def _optimize_file(
                 )
                 counts["written"] += 1
                 counts["fell_back"] += result.fell_back
-                counts["timed_out"] += result.fell_back and reason.startswith("timeout")
+                counts["timed_out"] += result.fallback_reason is FallbackReason.TIMEOUT
                 rate = counts["written"] / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:.2f} prompts/s")
         finally:

@@ -1,7 +1,8 @@
 """Checks that decide whether an optimized prompt may replace the original.
 
-Each check returns ``None`` when the rewrite is acceptable, or a short reason string; the
-optimizer then falls back to the original prompt and records that reason.
+:meth:`Guards.check` returns ``None`` when the rewrite is acceptable, or a :class:`GuardFailure`
+(the :class:`~bpo_integrations.result.FallbackReason` and a detail); the optimizer then falls back
+to the original prompt and records that reason.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from bpo_integrations.guards.protected import (
     missing_protected,
     protected_spans,
 )
+from bpo_integrations.result import FallbackReason
+from bpo_integrations.settings import FinishReason
 
 __all__ = [
     "NO_GUARDS",
     "PROTECTED_PATTERNS",
+    "GuardFailure",
     "Guards",
     "Invented",
     "answers_instead",
@@ -34,6 +38,17 @@ __all__ = [
     "protected_spans",
     "repeated_sentences",
 ]
+
+
+@dataclass(frozen=True)
+class GuardFailure:
+    """Why a guard rejected a rewrite: the reason and a readable detail."""
+
+    reason: FallbackReason
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.reason.message(self.detail)
 
 
 @dataclass(frozen=True)
@@ -52,12 +67,13 @@ class Guards:
 
     Example:
         >>> guards = Guards()
-        >>> guards.check("Give two examples of customer service.", "Sure! 1. A refund.")
-        'answered_instead: opens as an answer'
+        >>> failure = guards.check("Give two examples of customer service.", "Sure! 1. A refund.")
+        >>> failure.reason, failure.detail
+        (<FallbackReason.ANSWERED_INSTEAD: 'answered_instead'>, 'opens as an answer')
         >>> print(guards.check("Summarize this novel", 'Summarize "The Road" by Cormac McCarthy.'))
         invented_content: quoted '"The Road"', name 'Cormac', name 'McCarthy'
-        >>> guards.check("Rank these vegetables by how nutritious they are", "Describe fruits")
-        "changed_intent: kept 0 of 3 content words, dropped 'rank', 'vegetables', 'nutritious'"
+        >>> print(guards.check("Rank these vegetables by nutrition", "Describe fruits"))
+        changed_intent: kept 0 of 3 content words, dropped 'rank', 'vegetables', 'nutrition'
     """
 
     max_length_ratio: float = 8.0
@@ -75,35 +91,36 @@ class Guards:
         original: str,
         rewritten: str,
         *,
-        finish_reason: str = "unknown",
+        finish_reason: FinishReason | str = "unknown",
         context: str | None = None,
-    ) -> str | None:
+    ) -> GuardFailure | None:
         """The reason to reject ``rewritten`` as a rewrite of ``original``, or ``None``.
 
         ``context`` (the text passed on verbatim after the prompt) counts as known: a name the
         rewrite takes from it is not invented.
         """
         if not rewritten.strip():
-            return "empty_output"
+            return GuardFailure(FallbackReason.EMPTY_OUTPUT)
         if self.reject_truncated and finish_reason == "length":
-            return "runaway_output: the optimizer hit its token limit"
+            return GuardFailure(FallbackReason.RUNAWAY_OUTPUT, "the optimizer hit its token limit")
         limit = self.max_length_ratio * len(original) + self.length_slack
         if len(rewritten) > limit:
-            return f"runaway_output: {len(rewritten)} characters, limit {int(limit)}"
+            detail = f"{len(rewritten)} characters, limit {int(limit)}"
+            return GuardFailure(FallbackReason.RUNAWAY_OUTPUT, detail)
         if self.keep_protected:
             missing = missing_protected(original, rewritten)
             if missing:
                 shown = ", ".join(f"{kind} {span[:40]!r}" for kind, span in missing[:3])
-                return f"lost_protected_content: {shown}"
+                return GuardFailure(FallbackReason.LOST_PROTECTED_CONTENT, shown)
         if self.reject_answers:
             why = answers_instead(original, rewritten)
             if why is not None:
-                return f"answered_instead: {why}"
+                return GuardFailure(FallbackReason.ANSWERED_INSTEAD, why)
         if self.reject_invented:
             invented = invented_content(original, rewritten, context=context)
             if invented:
                 shown = ", ".join(f"{i.kind} {i.text[:40]!r}" for i in invented[:3])
-                return f"invented_content: {shown}"
+                return GuardFailure(FallbackReason.INVENTED_CONTENT, shown)
         if self.min_kept_content > 0:
             dropped, total = dropped_content(original, rewritten)
             if total >= self.min_content_words and total - len(dropped) < (
@@ -111,11 +128,12 @@ class Guards:
             ):
                 shown = ", ".join(repr(w) for w in dropped[:5])
                 kept = total - len(dropped)
-                return f"changed_intent: kept {kept} of {total} content words, dropped {shown}"
+                detail = f"kept {kept} of {total} content words, dropped {shown}"
+                return GuardFailure(FallbackReason.CHANGED_INTENT, detail)
         if self.reject_repeats:
             repeated = repeated_sentences(original, rewritten)
             if repeated:
-                return f"repeated_text: {repeated[0][:80]!r}"
+                return GuardFailure(FallbackReason.REPEATED_TEXT, repr(repeated[0][:80]))
         return None
 
 

@@ -14,9 +14,9 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-FinishReason = Literal["eos_token", "stop_sequence", "length"]
+from bpo_integrations.settings import FinishReason
 
 
 @dataclass(frozen=True)

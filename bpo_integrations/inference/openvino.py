@@ -23,11 +23,11 @@ from bpo_integrations.inference.engine import (
     Completion,
     EngineClosedError,
     EngineRequest,
-    FinishReason,
     SamplingParams,
     TokenStep,
     split_at_stop,
 )
+from bpo_integrations.settings import FinishReason
 
 _log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from bpo_integrations.proxy.rewrite import (
     parse_body,
     splice,
 )
+from bpo_integrations.result import FallbackReason
 
 logger = logging.getLogger("bpo_integrations.proxy")
 
@@ -160,7 +161,11 @@ class _Proxy:
         self.metrics.record_outcome(outcome, seconds)
         reason = outcome.fallback_reason
         if reason is not None:
-            log = logger.info if outcome.fallback_kind == "circuit_open" else logger.warning
+            log = (
+                logger.info
+                if outcome.fallback_kind == FallbackReason.CIRCUIT_OPEN.value
+                else logger.warning
+            )
             log("kept the original prompt (%s)", reason)
         return outcome, raw
 

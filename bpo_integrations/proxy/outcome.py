@@ -14,13 +14,12 @@ Response headers (never the body):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 from bpo_integrations.proxy.rewrite import Skip
-from bpo_integrations.result import OptimizationResult
+from bpo_integrations.result import FallbackReason, OptimizationResult
 
 OPTIMIZED = "X-BPO-Optimized"
 REWRITE = "X-BPO-Rewrite"
@@ -31,21 +30,6 @@ SKIPPED = "X-BPO-Skipped"
 MAX_REWRITE_HEADER = 4096
 """Longest ``X-BPO-Rewrite`` value, in characters: well inside the 8 KiB that common servers,
 proxies and clients accept for all headers together."""
-
-_NOT_A_WORD = re.compile(r"[^a-z0-9_]+")
-
-
-def reason_kind(reason: str | None) -> str | None:
-    """The first word of an optimizer fallback reason (``"timeout: no answer..."`` -> ``timeout``).
-
-    Example:
-        >>> reason_kind("backend_unavailable: cannot reach http://localhost:8080")
-        'backend_unavailable'
-    """
-    if reason is None:
-        return None
-    kind = _NOT_A_WORD.sub("_", reason.partition(":")[0].strip().lower()).strip("_")
-    return kind or "unknown"
 
 
 def encode_header_text(text: str, limit: int = MAX_REWRITE_HEADER) -> tuple[str, bool]:
@@ -90,14 +74,20 @@ class Outcome:
     def fallback_reason(self) -> str | None:
         """The optimizer's full fallback reason (for logs; headers carry :meth:`fallback_kind`)."""
         if self.error is not None:
-            return f"unexpected_error: {self.error}"
+            return FallbackReason.UNEXPECTED_ERROR.message(self.error)
         if self.result is not None and self.result.fell_back:
-            return self.result.fallback_reason or "unknown"
+            return self.result.fallback_message or "unknown"
         return None
 
     @property
     def fallback_kind(self) -> str | None:
-        return reason_kind(self.fallback_reason)
+        """Why the optimizer fell back, as one word (``timeout``); ``None`` when it did not."""
+        if self.error is not None:
+            return FallbackReason.UNEXPECTED_ERROR.value
+        if self.result is not None and self.result.fell_back:
+            reason = self.result.fallback_reason
+            return "unknown" if reason is None else reason.value
+        return None
 
     @property
     def label(self) -> str:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from bpo_integrations.inference.engine import SamplingParams as EngineParams
 from bpo_integrations.inference.engine import split_at_stop
+from bpo_integrations.settings import FinishReason
 from bpo_integrations.template import BPO_TEMPLATE
 
 if TYPE_CHECKING:
     from bpo_integrations.backends.local import LocalBackend
     from bpo_integrations.inference.engine import EngineRequest
 
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 _BPO_PREFIX, _BPO_SUFFIX = BPO_TEMPLATE.split("{prompt}")
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
+from bpo_integrations.settings import FinishReason
 
 _INT32_MAX = 2**31 - 1
 _UINT64_MAX = 2**64 - 1

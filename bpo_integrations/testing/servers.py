@@ -38,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
+from bpo_integrations.settings import FinishReason
+
 FaultKind = Literal[
     "status", "hang", "malformed_json", "drop_connection", "empty", "runaway", "stall", "break"
 ]
@@ -92,7 +94,7 @@ class Fault:
 @dataclass(frozen=True)
 class _Completion:
     text: str
-    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    finish_reason: FinishReason
     words: list[str]
     seed: int | None
     stop: str | None = None
@@ -393,7 +395,7 @@ class ScriptedServer:
             completion = self.responder(text)
         if not isinstance(completion, str):
             raise TypeError(f"the responder must return a str, got {type(completion).__name__}")
-        finish: Literal["length", "eos_token", "stop_sequence"] = "eos_token"
+        finish: FinishReason = "eos_token"
         cuts = [(completion.find(s), s) for s in stop if s and s in completion]
         marker: str | None = None
         if cuts:

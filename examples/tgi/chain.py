@@ -23,7 +23,7 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from bpo_integrations import BPOOptimizer, GenerationSettings
+from bpo_integrations import BPOOptimizer, FallbackReason, GenerationSettings
 from bpo_integrations.backends.tgi import TGIBackend
 from bpo_integrations.langchain import BPORunnable
 
@@ -67,11 +67,15 @@ def main(endpoint: str | None = None, max_new_tokens: int = 256) -> int:
     unreachable = 0
     for question in QUESTIONS:
         result = optimizer.optimize(question)  # cached: the chain below reuses this rewrite
-        note = f"  [kept the original: {result.fallback_reason}]" if result.fell_back else ""
+        note = f"  [kept the original: {result.fallback_message}]" if result.fell_back else ""
         print(f"question:  {question}")
         print(f"optimized: {result.optimized}{note}  ({result.latency_s:.2f} s)")
         print(f"answer:    {chain.invoke({'question': question})}\n")
-        unreachable += (result.fallback_reason or "").startswith("backend_")
+        unreachable += result.fallback_reason in (
+            FallbackReason.BACKEND_UNAVAILABLE,
+            FallbackReason.BACKEND_OVERLOADED,
+            FallbackReason.BACKEND_ERROR,
+        )
     if unreachable == len(QUESTIONS):
         print(f"BPO at {endpoint} did not answer: is the server up?", file=sys.stderr)
         return 1

@@ -124,7 +124,7 @@ def test_the_default_backend_is_the_base_with_the_adapter_merged(
     for prompt, generation in zip(prompts, generations, strict=True):
         expected = _greedy(reference, engine.encode(default_backend.format_prompt(prompt)), 24)
         eos = engine.eos_token_ids
-        if [t for t in generation.extra["token_ids"] if t not in eos] != [
+        if [t for t in generation.token_ids if t not in eos] != [
             t for t in expected if t not in eos
         ]:
             different.append(prompt)

@@ -352,7 +352,7 @@ def test_unencodable_prompt_falls_back_on_http_backends(server, make_backend) ->
     result = optimizer.optimize(odd)
     assert (result.fell_back, result.optimized) == (True, odd)
     assert result.fallback_reason.startswith("backend_error")
-    assert "UnicodeEncodeError" in result.fallback_reason
+    assert "UnicodeEncodeError" in result.fallback_detail
     assert server.requests() == 0
 
 

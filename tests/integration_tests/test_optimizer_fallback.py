@@ -75,7 +75,7 @@ def test_dead_endpoint_falls_back_as_unavailable(make_backend) -> None:
     url = unused_url()
     result, elapsed = optimize(BPOOptimizer(make_backend(url), timeout=5, max_retries=2))
     assert_fell_back(result, "backend_unavailable")
-    assert url in result.fallback_reason
+    assert url in result.fallback_detail
     assert elapsed < 2  # two short backoffs, not the whole budget
 
 
@@ -112,7 +112,7 @@ def test_retry_after_beyond_the_budget_gives_up_at_once(server, make_backend) ->
     server.inject(Fault("status", status=429, retry_after=30))
     result, elapsed = optimize(BPOOptimizer(make_backend(server.url), timeout=2))
     assert_fell_back(result, "timeout")
-    assert "exceed the latency budget" in result.fallback_reason
+    assert "exceed the latency budget" in result.fallback_detail
     assert elapsed < 0.5, elapsed
     assert len(server.requests) == 1
 
@@ -121,7 +121,7 @@ def test_malformed_json_is_not_retried(server, make_backend) -> None:
     server.inject(Fault("malformed_json"))
     result, _ = optimize(BPOOptimizer(make_backend(server.url), timeout=5))
     assert_fell_back(result, "backend_error")
-    assert "malformed JSON" in result.fallback_reason
+    assert "malformed JSON" in result.fallback_detail
     assert len(server.requests) == 1
 
 

@@ -20,7 +20,7 @@ from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 from pydantic import Field
 from typer.testing import CliRunner
 
-from bpo_integrations import BPOOptimizer
+from bpo_integrations import BPOOptimizer, FallbackReason
 from bpo_integrations.cli import app
 from bpo_integrations.jsonl import JsonlError, read_jsonl
 from bpo_integrations.langchain import BPORunnable
@@ -89,7 +89,8 @@ def test_one_megabyte_prompt_passes_through_unchanged(optimizer, backend) -> Non
     huge = "Summarize this log line by line. " + "x" * 1_000_000
     result = optimizer.optimize(huge)
     assert result.fell_back and result.optimized == huge
-    assert result.fallback_reason == f"input_too_long: {len(huge)} characters, limit 8000"
+    assert result.fallback_reason is FallbackReason.INPUT_TOO_LONG
+    assert result.fallback_message == f"input_too_long: {len(huge)} characters, limit 8000"
     given, record = chain_input(optimizer, huge)
     assert given == huge and record["fallback_reason"].startswith("input_too_long")
     assert backend.prompts == []

@@ -254,8 +254,8 @@ def test_errors_of_the_model_are_fallbacks_with_our_reasons(error: Exception, re
     optimizer = BPOOptimizer.from_llm(FailingChatModel(error=error), max_retries=0)
     result = optimizer.optimize("Why?")
     assert result.fell_back
-    assert result.fallback_reason.startswith(reason)
-    assert "FailingChatModel" in result.fallback_reason
+    assert result.fallback_message.startswith(reason)
+    assert "FailingChatModel" in result.fallback_detail
 
 
 def test_what_is_not_a_model_is_refused() -> None:

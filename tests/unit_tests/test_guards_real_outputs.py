@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bpo_integrations.guards import NO_GUARDS, Guards
+from bpo_integrations.guards import NO_GUARDS, GuardFailure, Guards
 from bpo_integrations.postprocess import clean_completion
 
 pytestmark = pytest.mark.shared_data
@@ -129,7 +129,7 @@ def outputs() -> dict[tuple[str, str, int], dict[str, Any]]:
     return {(r["template"], r["set"], r["index"]): r for r in rows}
 
 
-def check(guards: Guards, prompt: tuple[str, str], output: dict[str, Any]) -> str | None:
+def check(guards: Guards, prompt: tuple[str, str], output: dict[str, Any]) -> GuardFailure | None:
     instruction, context = prompt
     return guards.check(
         instruction,
@@ -151,7 +151,7 @@ def test_each_judged_output_gets_its_verdict(
     if verdict is None:
         assert reason is None, output["rewrite"]
     else:
-        assert reason is not None and reason.split(":", 1)[0] == verdict, (reason, output)
+        assert reason is not None and reason.reason == verdict, (reason, output)
     assert check(NO_GUARDS, prompts[key], output) is None
 
 
@@ -179,7 +179,7 @@ def test_a_new_guard_rejects_few_of_the_chatgpt_rewrites(
             instruction, clean_completion(record["optimized_prompt"]), context=context or None
         )
         if reason is not None:
-            assert reason.startswith(guard)
+            assert reason.reason == guard
             rejected.append((index, reason))
     assert len(rejected) <= 3, rejected
 
@@ -222,7 +222,7 @@ def test_answers_in_the_chat_template_are_rejected_and_its_rewrites_kept(
         if check(old, prompts[("val", index)], output) is not None:
             caught_by_old.append(index)
         elif output["finish_reason"] != "length":
-            assert reason.split(":")[0] in ("answered_instead", "repeated_text"), reason
+            assert reason.reason in ("answered_instead", "repeated_text"), reason
     assert len(caught_by_old) < len(caught) / 2  # most answers end on their own: the old guards
     # let them through
     for index in CHAT_REWRITES:

@@ -65,8 +65,8 @@ def test_concurrent_greedy_equals_transformers_one_at_a_time(
     generations = backend.generate(PROMPTS, replace(GREEDY, max_new_tokens=12))
     for prompt, generation in zip(PROMPTS, generations, strict=True):
         ids = backend.engine.encode(format_bpo_prompt(prompt))
-        assert generation.extra["token_ids"] == greedy_reference(reference, ids, 12), prompt
-        assert generation.extra["prompt_tokens"] == len(ids)
+        assert list(generation.token_ids) == greedy_reference(reference, ids, 12), prompt
+        assert generation.prompt_tokens == len(ids)
         assert generation.finish_reason == "length"
 
 
@@ -83,14 +83,14 @@ def test_auto_template_uses_the_models_chat_template(tiny_llama_dir: Path) -> No
 
 def test_threads_share_the_engine_and_each_gets_its_own_rewrite(backend: LocalBackend) -> None:
     generations = backend.generate(PROMPTS, GREEDY)
-    expected = {p: g.extra["token_ids"] for p, g in zip(PROMPTS, generations, strict=True)}
+    expected = {p: g.token_ids for p, g in zip(PROMPTS, generations, strict=True)}
     before = backend.stats["max_running"]
     results: dict[str, list[int]] = {}
     barrier = threading.Barrier(len(PROMPTS) * 2)
 
     def call(prompt: str) -> None:
         barrier.wait()
-        results[prompt] = backend.generate([prompt], GREEDY)[0].extra["token_ids"]
+        results[prompt] = backend.generate([prompt], GREEDY)[0].token_ids
 
     threads = [threading.Thread(target=call, args=(p,)) for p in PROMPTS * 2]
     for thread in threads:
@@ -121,17 +121,17 @@ async def test_agenerate_does_not_block_the_event_loop(backend: LocalBackend) ->
 
 def test_seeded_sampling_is_reproducible_even_beside_other_calls(backend: LocalBackend) -> None:
     seeded = GenerationSettings.for_mode("stable", max_new_tokens=12, seed=7, temperature=1.5)
-    first = backend.generate([PROMPTS[0]], seeded)[0].extra["token_ids"]
+    first = backend.generate([PROMPTS[0]], seeded)[0].token_ids
     noise = threading.Thread(target=backend.generate, args=(PROMPTS, GREEDY))
     noise.start()
-    second = backend.generate([PROMPTS[0]], seeded)[0].extra["token_ids"]
+    second = backend.generate([PROMPTS[0]], seeded)[0].token_ids
     noise.join()
     assert first == second
 
 
 def test_unseeded_sampling_varies(backend: LocalBackend) -> None:
     hot = GenerationSettings.for_mode("stable", max_new_tokens=12, temperature=2.0, top_p=1.0)
-    outputs = {tuple(backend.generate([PROMPTS[0]], hot)[0].extra["token_ids"]) for _ in range(4)}
+    outputs = {tuple(backend.generate([PROMPTS[0]], hot)[0].token_ids) for _ in range(4)}
     assert len(outputs) > 1
 
 
@@ -192,10 +192,10 @@ def test_lora_adapter_is_merged_like_peft_merges_it(
         ids = plain.engine.encode(format_bpo_prompt(PROMPTS[0]))
         expected = greedy_reference(merged, ids, 10)
         assert expected != greedy_reference(reference, ids, 10)
-        assert from_folder.generate([PROMPTS[0]], GREEDY)[0].extra["token_ids"] == expected
+        assert list(from_folder.generate([PROMPTS[0]], GREEDY)[0].token_ids) == expected
         assert from_folder.resolved_adapter == str(adapter_dir)
-        assert explicit.generate([PROMPTS[0]], GREEDY)[0].extra["token_ids"] == expected
-        assert plain.generate([PROMPTS[0]], GREEDY)[0].extra["token_ids"] != expected
+        assert list(explicit.generate([PROMPTS[0]], GREEDY)[0].token_ids) == expected
+        assert list(plain.generate([PROMPTS[0]], GREEDY)[0].token_ids) != expected
     finally:
         for backend in (plain, from_folder, explicit):
             backend.close()
@@ -223,8 +223,8 @@ def test_the_backend_pickles_as_its_arguments(backend: LocalBackend) -> None:
     try:
         assert not copy.loaded
         assert copy.model_id == backend.model_id and copy.template == "bpo"
-        same = copy.generate([PROMPTS[0]], GREEDY)[0].extra["token_ids"]
-        assert same == backend.generate([PROMPTS[0]], GREEDY)[0].extra["token_ids"]
+        same = copy.generate([PROMPTS[0]], GREEDY)[0].token_ids
+        assert same == backend.generate([PROMPTS[0]], GREEDY)[0].token_ids
     finally:
         copy.close()
 

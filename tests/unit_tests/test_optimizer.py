@@ -11,6 +11,7 @@ import pytest
 from bpo_integrations import (
     BackendError,
     BPOOptimizer,
+    FallbackReason,
     Generation,
     GenerationSettings,
     GuardError,
@@ -125,7 +126,9 @@ def test_backend_error_falls_back_to_the_original() -> None:
     result = optimizer.optimize("hello there")
     assert result.text == "hello there"
     assert result.fell_back
-    assert result.fallback_reason == "backend_error: model not found"
+    assert result.fallback_reason is FallbackReason.BACKEND_ERROR
+    assert result.fallback_detail == "model not found"
+    assert result.to_dict()["fallback_reason"] == "backend_error: model not found"
 
 
 def test_on_error_raise_raises_the_cause() -> None:
@@ -143,7 +146,7 @@ def test_guard_failure_falls_back_with_the_reason() -> None:
     )
     assert result.fell_back
     assert result.fallback_reason.startswith("lost_protected_content")
-    assert "https://example.com/a" in result.fallback_reason
+    assert "https://example.com/a" in result.fallback_detail
     assert result.optimized == "Summarize https://example.com/a in 3 lines"
 
 
@@ -243,7 +246,7 @@ def test_circuit_opens_after_consecutive_failures_then_probes() -> None:
     backend = FlakyBackend([BackendError("down")] * 3)
     breaker = CircuitBreaker(failure_threshold=2, cooldown_s=0.2)
     optimizer = BPOOptimizer(backend, circuit_breaker=breaker, cache_size=0)
-    reasons = [optimizer.optimize(f"p{i}").fallback_reason for i in range(4)]
+    reasons = [optimizer.optimize(f"p{i}").fallback_message for i in range(4)]
     assert reasons[:2] == ["backend_error: down"] * 2
     assert reasons[2:] == ["circuit_open"] * 2
     assert backend.attempts == 2 and breaker.state == "open"
@@ -252,7 +255,7 @@ def test_circuit_opens_after_consecutive_failures_then_probes() -> None:
     assert time.perf_counter() - started < 0.05  # no backend call while open: no added latency
     time.sleep(0.25)
     assert breaker.state == "half_open"
-    assert optimizer.optimize("probe").fallback_reason == "backend_error: down"
+    assert optimizer.optimize("probe").fallback_message == "backend_error: down"
     assert breaker.state == "open" and backend.attempts == 3  # one probe, re-opened
     time.sleep(0.25)
     assert optimizer.optimize("probe again").optimized == "probe again Be specific."

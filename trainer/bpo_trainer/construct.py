@@ -36,11 +36,12 @@ from rich.progress import (
 )
 
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
+from bpo_integrations.retry import RetryPolicy
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.evaluate.runtime import CallLimiter, Usage, run_blocking
 from bpo_trainer.prompts import build_construction_prompt
 from bpo_trainer.records import read_records, record_id
-from bpo_trainer.retry import RetryPolicy, is_transient
+from bpo_trainer.retry import is_transient
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bpo_trainer.recipe.config import resolve_shared_dir
 
 if TYPE_CHECKING:
-    from bpo_integrations.guards import Guards
+    from bpo_integrations.guards import GuardFailure, Guards
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class SystemQuality:
 
 def choose(
     guards: Guards | None, record: PromptRecord, output: Output | None
-) -> tuple[str, str | None]:
+) -> tuple[str, GuardFailure | None]:
     """What ``BPOOptimizer`` sends on for ``record``: the rewrite, or the prompt when a guard
     rejects it (``guards=None``: copy the prompt), with the context after it; and the reason."""
     from bpo_integrations.template import join_context
@@ -434,7 +434,7 @@ def dev_quality(
             text, reason = choose(guards, record, by_key.get(record.key) if guards else None)
             texts[name].append(text)
             if reason is not None:
-                kind = reason.split(":", 1)[0]
+                kind = reason.reason.value
                 reasons[name][kind] = reasons[name].get(kind, 0) + 1
             elif guards is not None:
                 rewritten[name] += 1

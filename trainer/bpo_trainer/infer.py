@@ -18,16 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bpo_integrations import BPOOptimizer, GenerationSettings, OptimizationResult
-from bpo_integrations.backends import Backend
+from bpo_integrations import BPOOptimizer, FallbackReason, GenerationSettings, OptimizationResult
+from bpo_integrations.backends import Backend, BackendConfigError, create
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.sources import load_records
 
 logger = logging.getLogger(__name__)
-
-_BACKEND_FAILURES = ("timeout", "backend_", "circuit_open", "unexpected_error")
-"""Fallback reasons worth another try on the next run: such results are not written."""
 
 
 @dataclass
@@ -204,24 +201,19 @@ def make_backend(config: InferConfig) -> Backend:
             max_batch_size=config.batch_size,
             engine_kwargs={"enforce_eager": True} if config.vllm_enforce_eager else None,
         )
-    if config.backend == "local":
-        from bpo_integrations.backends.local import LocalBackend
-
-        return LocalBackend(
-            config.model,
+    try:
+        return create(
+            config.backend,
+            endpoint=config.endpoint,
+            model=None if config.backend == "tgi" else config.model,  # tgi serves its own
             adapter=config.adapter,
-            precision=config.precision,
-            max_batch_size=config.batch_size,
-            template=config.template,
+            precision=config.precision if config.backend == "local" else None,
+            template=config.template if config.backend == "local" else None,
+            max_batch_size=config.batch_size if config.backend == "local" else None,
+            api_key=config.api_key,
         )
-    if config.backend == "tgi":
-        from bpo_integrations.backends.tgi import TGIBackend
-
-        assert config.endpoint is not None
-        return TGIBackend(config.endpoint, token=config.api_key)
-    from bpo_integrations.backends.openai import OpenAIBackend
-
-    return OpenAIBackend(config.model, base_url=config.endpoint, api_key=config.api_key)
+    except BackendConfigError as error:
+        raise TrainerConfigError(str(error)) from error
 
 
 def _keyed_records(config: InferConfig) -> tuple[str, list[tuple[Any, dict[str, Any]]]]:
@@ -294,11 +286,29 @@ class _Done:
     record: dict[str, Any]
     optimized: str
     fell_back: bool
-    fallback_reason: str | None
+    fallback_reason: FallbackReason | None
+    fallback_detail: str = ""
 
     @classmethod
     def of(cls, key: Any, record: dict[str, Any], result: OptimizationResult) -> _Done:
-        return cls(key, record, result.optimized, result.fell_back, result.fallback_reason)
+        return cls(
+            key,
+            record,
+            result.optimized,
+            result.fell_back,
+            result.fallback_reason,
+            result.fallback_detail,
+        )
+
+    @property
+    def fallback_message(self) -> str | None:
+        reason = self.fallback_reason
+        return None if reason is None else reason.message(self.fallback_detail)
+
+    @property
+    def worth_retrying(self) -> bool:
+        """The backend failed: the prompt is not written, and the next run tries it again."""
+        return self.fallback_reason is not None and self.fallback_reason.is_backend_failure
 
 
 def _output_record(key_name: str, done: _Done) -> dict[str, Any]:
@@ -307,7 +317,7 @@ def _output_record(key_name: str, done: _Done) -> dict[str, Any]:
         key_name: done.key,
         "optimized_prompt": done.optimized,
         "fell_back": done.fell_back,
-        "fallback_reason": done.fallback_reason,
+        "fallback_reason": done.fallback_message,
     }
 
 
@@ -328,7 +338,7 @@ def _optimized_batches(
             for key, record in pending
         ]
         for rows in optimize_on_ray(config, items):
-            yield [_Done(*by_key[key], text, fell, reason) for key, text, fell, reason in rows]
+            yield [_Done(*by_key[key], *result) for key, *result in rows]
         return
     own_backend = backend is None
     optimizer = build_optimizer(config, backend or make_backend(config))
@@ -381,9 +391,8 @@ def run_infer(config: InferConfig, *, backend: Backend | None = None) -> InferSu
             for batch in batches:
                 failed = []
                 for done in batch:
-                    reason = done.fallback_reason or ""
-                    if done.fell_back and reason.startswith(_BACKEND_FAILURES):
-                        failed.append(reason)
+                    if done.fell_back and done.worth_retrying:
+                        failed.append(done.fallback_message)
                         continue
                     writer.write(_output_record(key_name, done))
                     written += 1

@@ -139,7 +139,7 @@ def score_system(
     reasons: dict[str, int] = {}
     for result in results or ():
         if result.fell_back:
-            kind = (result.fallback_reason or "unknown").split(":", 1)[0]
+            kind = result.fallback_reason.value if result.fallback_reason else "unknown"
             reasons[kind] = reasons.get(kind, 0) + 1
     return SystemScore(
         name=name,

@@ -104,7 +104,7 @@ def test_choose_keeps_the_prompt_when_a_guard_rejects_and_always_keeps_the_conte
     assert choose(Guards(), record, good)[0] == good.rewrite + "\nCats sleep."
     text, reason = choose(Guards(), record, invented)
     assert text == "Summarize the following article\nCats sleep."
-    assert reason is not None and reason.startswith("invented_content")
+    assert reason is not None and reason.reason == "invented_content"
 
 
 def test_bootstrap_intervals_hold_the_point_estimate_and_pair_the_records() -> None:

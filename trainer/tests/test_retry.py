@@ -8,10 +8,11 @@ import time
 import httpx
 import openai
 import pytest
-from bpo_trainer.retry import RetryPolicy, is_transient, retry_after
+from bpo_trainer.retry import is_transient
 from tenacity import RetryCallState
 
 from bpo_integrations.errors import BackendError, BackendUnavailableError, TransientBackendError
+from bpo_integrations.retry import RetryPolicy, retry_after
 
 
 def _status_error(status: int, retry_after_header: str | None = None) -> openai.APIStatusError:

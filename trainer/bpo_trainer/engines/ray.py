@@ -18,13 +18,15 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bpo_integrations import FallbackReason
 from bpo_trainer.errors import TrainerConfigError
 
 if TYPE_CHECKING:
     from bpo_trainer.infer import InferConfig
 
-ResultRow = tuple[str, str, bool, str | None]
-"""``(key as JSON, optimized prompt, fell_back, fallback_reason)`` of one prompt."""
+ResultRow = tuple[str, str, bool, FallbackReason | None, str]
+"""``(key as JSON, optimized prompt, fell_back, fallback_reason, fallback_detail)`` of one
+prompt."""
 
 
 class OptimizeBatch:
@@ -45,7 +47,10 @@ class OptimizeBatch:
             "key": [str(k) for k in batch["key"]],
             "optimized": [r.optimized for r in results],
             "fell_back": [bool(r.fell_back) for r in results],
-            "fallback_reason": [r.fallback_reason or "" for r in results],
+            "fallback_reason": [
+                r.fallback_reason.value if r.fallback_reason else "" for r in results
+            ],
+            "fallback_detail": [r.fallback_detail for r in results],
         }
 
 
@@ -79,12 +84,19 @@ def optimize_on_ray(
     )
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield [
-            (str(key), str(text), bool(fell), str(reason) or None)
-            for key, text, fell, reason in zip(
+            (
+                str(key),
+                str(text),
+                bool(fell),
+                FallbackReason(reason) if reason else None,
+                str(detail),
+            )
+            for key, text, fell, reason, detail in zip(
                 batch["key"],
                 batch["optimized"],
                 batch["fell_back"],
                 batch["fallback_reason"],
+                batch["fallback_detail"],
                 strict=True,
             )
         ]

@@ -150,7 +150,7 @@ def _generation(completion: Any) -> Generation:
         text=completion.text,
         finish_reason=reason,
         generated_tokens=len(completion.token_ids),
-        extra={"finish_reason": finish, "stop_reason": completion.stop_reason},
+        raw_finish_reason=finish,
     )
 
 

@@ -16,14 +16,15 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bpo_integrations.backends._http import parse_retry_after
+from bpo_integrations.clients import PerLoopClients, aclose_on_their_loops
 from bpo_integrations.errors import BackendError, BackendUnavailableError, TransientBackendError
+from bpo_integrations.retry import parse_retry_after
+from bpo_trainer.retry import BULK_STATUS
 
 if TYPE_CHECKING:
     from bpo_trainer.evaluate.config import EvalConfig
 
 Message = dict[str, str]
-_TRANSIENT_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class ChatReply:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+async def _close(client: Any) -> None:
+    await client.close()
 
 
 def _reply_from_completion(completion: Any, where: str) -> ChatReply:
@@ -79,25 +84,6 @@ class ChatModel(ABC):
         """Release connections or the loaded model."""
 
 
-class _PerLoopClient:
-    """Async HTTP clients keep a pool tied to one event loop: make one per running loop."""
-
-    def __init__(self) -> None:
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def get(self, factory: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client, self._loop = factory(), loop
-        return self._client
-
-    async def close(self) -> None:
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            await client.close()
-
-
 class OpenAIChat(ChatModel):
     """Any OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, TGI, llama.cpp).
 
@@ -120,7 +106,7 @@ class OpenAIChat(ChatModel):
         self.model = model
         self.api_key = api_key
         self.timeout = timeout
-        self._clients = _PerLoopClient()
+        self._clients = PerLoopClients(self._make_client)
 
     def identity(self) -> Hashable:
         return ("openai", self.base_url or "https://api.openai.com/v1", self.model)
@@ -137,7 +123,7 @@ class OpenAIChat(ChatModel):
     ) -> ChatReply:
         import openai
 
-        client = self._clients.get(self._make_client)
+        client = self._clients.get()
         kwargs: dict[str, Any] = {"temperature": params.temperature}
         if params.max_tokens is not None:
             kwargs["max_tokens"] = params.max_tokens
@@ -153,7 +139,7 @@ class OpenAIChat(ChatModel):
         except openai.APIStatusError as error:
             status = error.status_code
             text = f"{where} answered HTTP {status}: {error.message}"
-            if status in _TRANSIENT_STATUS:
+            if status in BULK_STATUS:
                 retry_after = parse_retry_after(error.response.headers.get("retry-after"))
                 raise TransientBackendError(text, retry_after=retry_after) from error
             if status in (401, 403):
@@ -168,7 +154,7 @@ class OpenAIChat(ChatModel):
         return _reply_from_completion(response, where)
 
     async def aclose(self) -> None:
-        await self._clients.close()
+        await aclose_on_their_loops(self._clients.drain(), _close)
 
 
 class TGIChat(ChatModel):
@@ -193,7 +179,7 @@ class TGIChat(ChatModel):
         self.model = model
         self.token = token
         self.timeout = timeout
-        self._clients = _PerLoopClient()
+        self._clients = PerLoopClients(self._make_client)
 
     def identity(self) -> Hashable:
         return ("tgi", self.url, self.model)
@@ -213,7 +199,7 @@ class TGIChat(ChatModel):
             OfflineModeIsEnabled,
         )
 
-        client = self._clients.get(self._make_client)
+        client = self._clients.get()
         where = f"TGI at {self.url}"
         try:
             output = await asyncio.wait_for(
@@ -235,7 +221,7 @@ class TGIChat(ChatModel):
         except HfHubHTTPError as error:
             status = error.response.status_code
             text = f"{where} answered HTTP {status}: {str(error).splitlines()[-1]}"
-            if status in _TRANSIENT_STATUS:
+            if status in BULK_STATUS:
                 retry_after = parse_retry_after(error.response.headers.get("retry-after"))
                 raise TransientBackendError(text, retry_after=retry_after) from error
             raise BackendError(text) from error
@@ -248,7 +234,7 @@ class TGIChat(ChatModel):
         return _reply_from_completion(output, where)
 
     async def aclose(self) -> None:
-        await self._clients.close()
+        await aclose_on_their_loops(self._clients.drain(), _close)
 
 
 class LocalChat(ChatModel):

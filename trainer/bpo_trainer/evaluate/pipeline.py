@@ -45,7 +45,6 @@ OPTIMIZED_FILE = "optimized.jsonl"
 ANSWERS_FILE = "answers.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
 STEPS = ("optimize", "answer", "judge")
-_RETRYABLE_FALLBACKS = ("timeout", "backend_", "circuit_open", "unexpected_error")
 
 
 @dataclass
@@ -115,24 +114,15 @@ class _Optimized:
 
 def _build_optimizer(config: EvalConfig) -> BPOOptimizer:
     from bpo_integrations import BPOOptimizer
+    from bpo_integrations.backends import create
 
-    backend: Any
-    if config.optimizer == "tgi":
-        from bpo_integrations.backends.tgi import TGIBackend
-
-        backend = TGIBackend(config.optimizer_url or "", timeout=config.optimizer_timeout)
-    elif config.optimizer == "openai":
-        from bpo_integrations.backends.openai import OpenAIBackend
-
-        backend = OpenAIBackend(
-            config.optimizer_model or "",
-            base_url=config.optimizer_url,
-            timeout=config.optimizer_timeout,
-        )
-    else:
-        from bpo_integrations.backends.local import LocalBackend
-
-        backend = LocalBackend(config.optimizer_model)
+    remote = config.optimizer != "local"
+    backend = create(
+        config.optimizer,
+        endpoint=config.optimizer_url if remote else None,
+        model=None if config.optimizer == "tgi" else config.optimizer_model,
+        timeout=config.optimizer_timeout if remote else None,
+    )
     return BPOOptimizer(
         backend,
         mode=config.optimizer_mode,  # type: ignore[arg-type]
@@ -296,9 +286,9 @@ async def _optimize_step(
                     finally:
                         advance()
                     run.new_calls["optimize"] += 1
-                    reason = result.fallback_reason or ""
-                    if result.fell_back and reason.startswith(_RETRYABLE_FALLBACKS):
-                        run.fail("optimize", RuntimeError(reason))
+                    reason = result.fallback_reason
+                    if result.fell_back and reason is not None and reason.is_backend_failure:
+                        run.fail("optimize", RuntimeError(result.fallback_message))
                         return
                     rewrites = list(result.rounds) or [source]
                     completed = len(result.rounds)
@@ -307,7 +297,7 @@ async def _optimize_step(
                         item,
                         rewrites,
                         fell_back=result.fell_back,
-                        fallback_reason=result.fallback_reason,
+                        fallback_reason=result.fallback_message,
                         rounds_completed=completed,
                         latency_s=round(result.latency_s, 4),
                     )

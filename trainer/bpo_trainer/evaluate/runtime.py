@@ -37,12 +37,14 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from bpo_integrations.jsonl import JsonlWriter, read_jsonl
-from bpo_trainer.retry import RetryPolicy
+from bpo_integrations.retry import RetryPolicy
+from bpo_trainer.retry import is_transient
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -226,7 +228,9 @@ class RunState(Generic[C]):
 
     async def call(self, limiter: CallLimiter, fn: Callable[[], Awaitable[T]]) -> T:
         """``fn()`` under the limiter, retried on transient errors (:mod:`bpo_trainer.retry`)."""
-        policy = RetryPolicy(self.config.max_retries, max_wait=self.config.retry_max_wait)
+        policy = RetryPolicy(
+            self.config.max_retries, max_wait=self.config.retry_max_wait, retry_on=is_transient
+        )
 
         async def limited() -> T:
             async with limiter.slot():
@@ -337,12 +341,11 @@ def records_by_key(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a stage's coroutine from sync code: on a fresh event loop, or on bpo_integrations'
-    background loop when this thread already runs one (a notebook, an async caller)."""
+    """Run a stage's coroutine from sync code on a fresh event loop: this thread's, or a worker
+    thread's when this thread already runs one (a notebook, an async caller)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
-    from bpo_integrations._loop import run_sync
-
-    return run_sync(coro)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpo-stage") as pool:
+        return pool.submit(asyncio.run, coro).result()
