@@ -147,6 +147,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.add_middleware(_InternalErrors)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
     metrics.registry.register(_BatchStats(engine))
@@ -612,6 +613,38 @@ def _error(status: int, error_type: str, message: str, headers: Any = None) -> J
     )
 
 
+class _InternalErrors:
+    """Any exception left is a 500 answered here, and the connection stays usable.
+
+    A handler for ``Exception`` would run in Starlette's ``ServerErrorMiddleware``, which answers
+    and then re-raises, so the server drops the keep-alive connection without saying so and the
+    client's next request on it is reset.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if started:  # the status line is out: nothing clean is left to say
+                raise
+            logger.exception("request failed")
+            message = f"internal server error: {type(error).__name__}: {error}"
+            await _error(500, "internal", message)(scope, receive, send)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def serve_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, ServeError)
@@ -642,10 +675,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         logger.warning("generation failed: %s", error)
         return _error(424, "generation", f"Request failed during generation: {error}")
 
-    async def unexpected(request: Request, error: Exception) -> Response:
-        logger.exception("request failed")
-        return _error(500, "internal", f"internal server error: {type(error).__name__}: {error}")
-
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ServeError: serve_error,
         InputError: input_error,
@@ -653,7 +682,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         StarletteHTTPException: http_error,
         _ClientGone: client_gone,
         BackendError: generation_error,
-        Exception: unexpected,
     }
     for kind, handler in handlers.items():
         app.add_exception_handler(kind, handler)

@@ -67,6 +67,11 @@ def truncate_length(truncate: int, limits: Limits) -> int:
     return truncate
 
 
+MAX_STOP_CHARS = 256
+"""Longest stop sequence: each one is matched against the text after every token, and kept while
+the request runs."""
+
+
 def _stops(stop: list[str] | str | None, limits: Limits) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > limits.max_stop_sequences:
@@ -75,6 +80,11 @@ def _stops(stop: list[str] | str | None, limits: Limits) -> tuple[str, ...]:
         )
     if any(not s for s in stops):
         raise InputError("`stop` sequences cannot be empty strings: remove the empty one")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        longest = max(len(s) for s in stops)
+        raise InputError(
+            f"`stop` sequences must be at most {MAX_STOP_CHARS} characters. Given: {longest}"
+        )
     return tuple(stops)
 
 
@@ -105,7 +115,7 @@ def generate_params(params: GenerateParameters, ids: list[int], limits: Limits) 
             "use top_p or top_k instead"
         )
     top_p = _below_one(params.top_p)
-    temperature = params.temperature if params.temperature != 1.0 else None
+    temperature = _finite(params.temperature) if params.temperature != 1.0 else None
     # TGI samples as soon as any warper is set, whatever do_sample says.
     do_sample = params.do_sample or any(
         value is not None for value in (temperature, top_p, params.top_k)
@@ -116,11 +126,23 @@ def generate_params(params: GenerateParameters, ids: list[int], limits: Limits) 
         temperature=temperature,
         top_p=top_p,
         top_k=params.top_k,
-        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
+        repetition_penalty=_finite(params.repetition_penalty)
+        if params.repetition_penalty != 1.0
+        else None,
         frequency_penalty=params.frequency_penalty or None,
         seed=params.seed,
         stop=_stops(params.stop, limits),
     )
+
+
+FINITE_RANGE = (1e-4, 1e4)
+"""Where ``temperature`` and ``repetition_penalty`` are clamped: the schema allows any positive
+value, and one that is 0 or infinite in the engine's float32 arithmetic would fail the request."""
+
+
+def _finite(value: float | None) -> float | None:
+    low, high = FINITE_RANGE
+    return None if value is None else min(max(value, low), high)
 
 
 def _below_one(value: float | None) -> float | None:
@@ -156,7 +178,7 @@ def _openai_sampling(temperature: float | None, top_p: float | None) -> dict[str
         return {"do_sample": False}
     return {
         "do_sample": True,
-        "temperature": temperature if temperature not in (None, 1.0) else None,
+        "temperature": _finite(temperature) if temperature not in (None, 1.0) else None,
         "top_p": _below_one(top_p),
     }
 
@@ -208,7 +230,7 @@ def completion_params(request: CompletionRequest, ids: list[int], limits: Limits
     return SamplingParams(
         max_new_tokens=max_new_tokens(request.max_tokens, len(ids), limits, "max_tokens"),
         frequency_penalty=request.frequency_penalty or None,
-        repetition_penalty=request.repetition_penalty
+        repetition_penalty=_finite(request.repetition_penalty)
         if request.repetition_penalty != 1.0
         else None,
         seed=request.seed,

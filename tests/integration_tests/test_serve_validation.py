@@ -262,3 +262,46 @@ def test_a_stream_whose_client_leaves_stops_generating(busy_url: str) -> None:
     assert _gauge(busy_url, tokens) == generated  # the engine stopped the request
     text = httpx.get(f"{busy_url}/metrics", timeout=30).text
     assert 'bpo_serve_requests_total{route="/generate_stream",status="200"}' in text
+
+
+# -- values that stay finite, and a 500 that keeps the connection ------------------------------
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"temperature": 1e-300},
+        {"temperature": 1e308},
+        {"repetition_penalty": 1e-300},
+        {"repetition_penalty": 1e307},
+        {"temperature": 1e-300, "repetition_penalty": 1e307, "top_k": 2**31 - 1},
+    ],
+)
+def test_extreme_sampling_values_the_schema_allows_are_served(
+    url: str, parameters: dict[str, Any]
+) -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "seed": 1, **parameters}}
+    response = _post(url, "/generate", body)
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["generated_text"], str)
+
+
+def test_a_long_stop_sequence_is_refused_by_name(url: str) -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2, "stop": ["x" * 20_000]}}
+    _assert_error(_post(url, "/generate", body), 422, "validation", "`stop`", "20000")
+
+
+def test_a_500_leaves_the_keep_alive_connection_usable(tiny_llama_dir: Path) -> None:
+    config = ServeConfig(model=str(tiny_llama_dir), max_input_tokens=32, max_total_tokens=48)
+    app = build_app(config)
+    with serve_in_thread(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+        assert client.get("/info").status_code == 200
+        app.state.engine.model.close()  # every generation now fails inside the engine
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
+        failed = client.post("/generate", json=body)
+        assert failed.status_code == 500, failed.text
+        assert failed.json()["error_type"] == "internal"
+        assert failed.headers.get("connection") != "close"
+        again = client.get("/info")  # the same connection: it was not dropped
+        assert again.status_code == 200
+        assert client.post("/generate", json=body).status_code == 500
