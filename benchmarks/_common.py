@@ -8,8 +8,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,22 @@ def fmt_s(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
+
+
+def run_child(code: str, spec: dict[str, Any], *, paths: Sequence[Path] = (REPO,)) -> Any:
+    """Run ``code`` in a fresh Python with ``spec`` as its JSON argument; what it printed after
+    ``RESULT `` on its last such line, parsed. A child that fails raises with its last error."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths)), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
+        timeout=3600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?")
+    return json.loads(lines[-1].removeprefix("RESULT "))

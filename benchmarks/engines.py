@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO, Figure, Section, load_prompts
+from benchmarks._common import Figure, Section, load_prompts, run_child
 
 TARGET_TOKEN_RATIO = 1.5
 TARGET_BATCH_RATIO = 1.5
@@ -274,19 +273,8 @@ _RUNNERS = {
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=3600,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    result: dict[str, Any] = run_child(CHILD, spec)
+    return result
 
 
 def _same(rows: list[list[int]], reference: list[list[int]]) -> int:

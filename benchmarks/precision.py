@@ -12,13 +12,10 @@ Speed: milliseconds per generated token over the whole split, and how many rewri
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO, Figure, Section
+from benchmarks._common import REPO, SHARED_DIR, Figure, Section, run_child
 
 PRECISIONS = ("f16", "q8_0", "q4_0")
 TARGET_CHRF_LOSS = 1.0
@@ -68,27 +65,14 @@ def measure_in_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "trainer")])}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=3600,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{spec['precision']}: {done.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    result: dict[str, Any] = run_child(CHILD, spec, paths=(REPO, REPO / "trainer"))
+    return result
 
 
 def run(*, max_new_tokens: int = 256, shared_dir: Path | None = None) -> Section:
     from bpo_trainer.quality import score_system
 
-    shared = (
-        shared_dir or Path(os.environ.get("BPO_SHARED_DIR", str(REPO.parent / "shared"))).resolve()
-    )
+    shared = (shared_dir or SHARED_DIR).resolve()
     records = dev_records(shared)
     spec = {"shared_dir": str(shared), "max_new_tokens": max_new_tokens}
     results = {p: _child({**spec, "precision": p}) for p in PRECISIONS}
