@@ -33,6 +33,7 @@ NAMES = (
     "startup",
     "engines",
     "precision",
+    "soak",
 )
 
 
@@ -71,6 +72,7 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         overhead,
         precision,
         proxy_overhead,
+        serve_soak,
         served,
         startup,
     )
@@ -85,6 +87,7 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         "memory": lambda: memory.run(**sized),
         "startup": lambda: startup.run(model=args.model, repeats=args.repeats),
         "precision": lambda: precision.run(),
+        "soak": lambda: serve_soak.run(model=args.model),
         "engines": lambda: engines.run(
             prompts=args.prompts, repeats=min(args.repeats, 3), max_new_tokens=args.max_new_tokens
         ),

@@ -17,11 +17,11 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from benchmarks._common import REPO, Figure, Section, fmt_s, load_prompts
 
 TARGET_RATIO = 4.0
-FATAL = ("backend_", "timeout", "circuit_open", "unexpected_error")
 
 
 def _free_port() -> int:
@@ -30,11 +30,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServeProcess:
+    """A running ``bpo serve``: where it listens, and its process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
 def bpo_serve(
     model: str | None, *, max_batch_size: int, startup_timeout: float = 600.0
-) -> Iterator[str]:
-    """``bpo serve`` in a child process; yields its URL once ``/health`` answers."""
+) -> Iterator[ServeProcess]:
+    """``bpo serve`` in a child process, once ``/health`` answers."""
     port = _free_port()
     args = ["serve", "--port", str(port), "--max-batch-size", str(max_batch_size)]
     if model is not None:
@@ -63,7 +71,7 @@ def bpo_serve(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"bpo serve did not answer /health in {startup_timeout}s")
             time.sleep(0.2)
-        yield url
+        yield ServeProcess(url, process.pid)
     finally:
         process.terminate()
         try:
@@ -84,12 +92,14 @@ def run(
     settings = GenerationSettings.for_mode("stable", max_new_tokens=max_new_tokens)
     concurrent: list[float] = []
     sequential: list[float] = []
-    with bpo_serve(model, max_batch_size=prompts) as url, hf_inference_online():
-        optimizer = BPOOptimizer(TGIBackend(url), settings=settings, timeout=3600, cache_size=0)
+    with bpo_serve(model, max_batch_size=prompts) as server, hf_inference_online():
+        optimizer = BPOOptimizer(
+            TGIBackend(server.url), settings=settings, timeout=3600, cache_size=0
+        )
 
         def check(results: list) -> None:
-            failed = [r.fallback_reason for r in results if r.fell_back]
-            broken = [reason for reason in failed if reason.startswith(FATAL)]
+            failed = [r.fallback_reason for r in results if r.fallback_reason is not None]
+            broken = [reason for reason in failed if reason.is_backend_failure]
             if broken:
                 raise RuntimeError(f"requests to bpo serve failed: {broken[:3]}")
 

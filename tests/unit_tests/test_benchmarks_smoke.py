@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cache, local_batching, memory, overhead, served, startup
+from benchmarks import cache, local_batching, memory, overhead, serve_soak, served, startup
 from benchmarks._common import Section
 from benchmarks.run import main
 
@@ -81,6 +81,16 @@ def test_cold_start_times_the_cli_as_a_new_process(tiny_llama_dir: Path) -> None
 def test_served_runs_bpo_serve_and_the_tgi_backend(tiny_llama_dir: Path) -> None:
     section = served.run(model=str(tiny_llama_dir), **TINY)
     assert figures(section)["Throughput, 2 concurrent / sequential"] > 0
+
+
+def test_soak_sends_every_kind_of_request_and_measures_the_server(tiny_llama_dir: Path) -> None:
+    section = serve_soak.run(model=str(tiny_llama_dir), clients=4, seconds=3, settle=0.5)
+    values = figures(section)
+    assert values["Peak RSS during the soak"] > 50  # MiB of the server process, not of this one
+    answered = {row[0].rsplit(": ", 1)[0] for row in section.rows}
+    assert answered == {probe.name for probe in serve_soak.request_mix("x")}
+    statuses = {row[0] for row in section.rows}
+    assert "broken JSON: 422" in statuses or "broken JSON: 400" in statuses, statuses
 
 
 def test_the_command_writes_the_report(tmp_path: Path) -> None:

@@ -1,0 +1,230 @@
+"""Soak: many clients send ``bpo serve`` a mix of valid and hostile requests for a while.
+
+``bpo serve`` runs in its own process (the real CLI). Each client loops over the request mix below
+until the time is up, waiting for each answer before it sends the next. Hostile requests are the
+ones a fuzzer or a careless client sends: huge stop sequences, sampling values at the edge of
+floating point, broken or deeply nested JSON, bytes that are not UTF-8, a 1 MB body, a stream left
+after its first event. What counts: no 5xx, and the server's memory after the soak back near what
+it was before (state that grows with what clients send is a leak).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from benchmarks._common import Figure, Section, load_prompts
+from benchmarks.served import bpo_serve
+
+RSS_TARGET = 0.10
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One kind of request in the mix: a name, whether it is valid, and how to send it."""
+
+    name: str
+    valid: bool
+    method: str
+    path: str
+    body: bytes | None = None
+    stream: bool = False
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def request_mix(prompt: str) -> list[Probe]:
+    """The requests every client cycles through (about half of them hostile)."""
+    small = {"max_new_tokens": 8}
+    return [
+        Probe(
+            "generate", True, "POST", "/generate", _json({"inputs": prompt, "parameters": small})
+        ),
+        Probe("health", True, "GET", "/health"),
+        Probe("tokenize", True, "POST", "/tokenize", _json({"inputs": prompt})),
+        Probe(
+            "chat",
+            True,
+            "POST",
+            "/v1/chat/completions",
+            _json({"model": "bpo", "messages": [{"role": "user", "content": prompt}], **small}),
+        ),
+        Probe(
+            "stream, left after one event",
+            True,
+            "POST",
+            "/generate_stream",
+            _json({"inputs": prompt, "parameters": {"max_new_tokens": 32}}),
+            stream=True,
+        ),
+        Probe(
+            "long stop sequences",
+            False,
+            "POST",
+            "/generate",
+            _json({"inputs": prompt, "parameters": {**small, "stop": ["x" * 20_000] * 4}}),
+        ),
+        Probe(
+            "extreme sampling",
+            False,
+            "POST",
+            "/generate",
+            _json(
+                {
+                    "inputs": prompt,
+                    "parameters": {
+                        **small,
+                        "do_sample": True,
+                        "temperature": 1e308,
+                        "repetition_penalty": 1e-300,
+                        "typical_p": 1e-38,
+                    },
+                }
+            ),
+        ),
+        Probe("broken JSON", False, "POST", "/generate", b'{"inputs": "a", "parameters": {'),
+        Probe("not UTF-8", False, "POST", "/generate", b'{"inputs": "\xff\xfe\xfa"}'),
+        Probe("deep nesting", False, "POST", "/generate", b"[" * 50_000 + b"]" * 50_000),
+        Probe(
+            "1 MB to /tokenize", False, "POST", "/tokenize", _json({"inputs": "word " * 200_000})
+        ),
+        Probe(
+            "negative max_new_tokens",
+            False,
+            "POST",
+            "/generate",
+            _json({"inputs": prompt, "parameters": {"max_new_tokens": -1}}),
+        ),
+    ]
+
+
+class RssSampler:
+    """The peak resident memory of a process, sampled in a thread while it runs."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = self.now()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> float:
+        """The process's RSS now, in MiB."""
+        return float(self._process.memory_info().rss) / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def _client(
+    url: str, probes: list[Probe], offset: int, until: float, record: Callable[..., None]
+) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        index = offset
+        while time.monotonic() < until:
+            probe = probes[index % len(probes)]
+            index += 1
+            headers = {"content-type": "application/json"} if probe.body is not None else {}
+            started = time.perf_counter()
+            try:
+                if probe.stream:
+                    request = client.build_request(
+                        probe.method, probe.path, content=probe.body, headers=headers
+                    )
+                    response = await client.send(request, stream=True)
+                    async for _ in response.aiter_lines():
+                        break  # leave mid-stream
+                    await response.aclose()
+                else:
+                    response = await client.request(
+                        probe.method, probe.path, content=probe.body, headers=headers
+                    )
+                record(probe, response.status_code, time.perf_counter() - started)
+            except httpx.HTTPError as error:  # a reset connection counts as a server failure
+                record(probe, f"error: {type(error).__name__}", time.perf_counter() - started)
+
+
+async def _soak(url: str, clients: int, seconds: float) -> tuple[Counter[str], list[float]]:
+    probes = request_mix(load_prompts(1)[0])
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+
+    def record(probe: Probe, status: int | str, elapsed: float) -> None:
+        statuses[f"{probe.name}: {status}"] += 1
+        latencies.append(elapsed)
+
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(_client(url, probes, i, until, record) for i in range(clients)))
+    return statuses, latencies
+
+
+def _is_failure(status_line: str) -> bool:
+    status = status_line.rsplit(": ", 1)[1]
+    return not status.isdigit() or int(status) >= 500
+
+
+def run(
+    *, model: str | None, clients: int = 64, seconds: float = 60.0, settle: float = 5.0
+) -> Section:
+    with bpo_serve(model, max_batch_size=16) as server, RssSampler(server.pid) as rss:
+        asyncio.run(_soak(server.url, 4, min(seconds, 5.0)))  # warm-up: every route once
+        time.sleep(settle)
+        before = rss.now()
+        statuses, latencies = asyncio.run(_soak(server.url, clients, seconds))
+        time.sleep(settle)
+        after = rss.now()
+        peak = rss.peak
+    failures = sum(n for line, n in statuses.items() if _is_failure(line))
+    p50 = statistics.median(latencies)
+    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else latencies[0]
+    growth = (after - before) / before
+    section = Section(
+        title="Soak: valid and hostile requests against bpo serve",
+        setup=(
+            f"`bpo serve --max-batch-size 16` in its own process; {clients} clients for "
+            f"{seconds:g} s, each cycling through {len(request_mix('x'))} kinds of request "
+            "(5 valid, the rest hostile) and waiting for each answer; RSS of the server process "
+            f"after a warm-up and {settle:g} s of rest, its peak, and after the soak and "
+            f"{settle:g} s of rest."
+        ),
+        header=("Request: status", "Count"),
+    )
+    section.rows = [(line, str(n)) for line, n in sorted(statuses.items())]
+    section.notes = [
+        f"{len(latencies)} requests; latency p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms.",
+        f"RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB.",
+    ]
+    section.figures = [
+        Figure("5xx answers or broken connections", failures, "", "0", failures == 0),
+        Figure("Latency p99, every request", p99 * 1e3, "ms", "report", None),
+        Figure("Peak RSS during the soak", peak, "MiB", "report", None),
+        Figure(
+            "RSS after the soak vs before",
+            growth * 100,
+            "%",
+            f"≤ {RSS_TARGET:.0%}",
+            growth <= RSS_TARGET,
+        ),
+    ]
+    return section
