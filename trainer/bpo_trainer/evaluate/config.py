@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bpo_trainer.engines.options import EngineOptions
 from bpo_trainer.errors import TrainerConfigError
 from bpo_trainer.evaluate.testsets import resolve_data_dir
 
@@ -20,7 +21,7 @@ JUDGE_PROMPTS = ("pair-v2", "alpaca-ranking")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EngineOptions):
     """Settings of ``bpo-train eval``: the paper's pairwise LLM-judge comparison of the answers to
     the original and to the optimized prompts.
 
@@ -28,6 +29,10 @@ class EvalConfig:
     2048 new tokens (``thu-coai/BPO`` ``src/inference/llama2_infer.py``), a judge at temperature 0
     with MT-bench's ``pair-v2`` prompt (``src/evaluation/gpt4_score.py``), and a seeded random draw
     of which answer the judge sees first.
+
+    ``engine`` runs the optimizing step as ``bpo-train infer`` does: ``"vllm"`` on vLLM's offline
+    engine in this process (``optimizer_model`` + ``optimizer_adapter``, batches of
+    ``concurrency`` prompts), ``"ray"`` sharded over a Ray cluster (the ``ray_*`` fields).
 
     Example:
         >>> config = EvalConfig(testsets=["vicuna"], answer_model="llama-2-7b-chat",
@@ -89,6 +94,13 @@ class EvalConfig:
             "passed from Python (it keys the cache)."
         },
     )
+    optimizer_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "local, --engine vllm: a LoRA adapter folder applied on top of "
+            "--optimizer_model (default with no optimizer_model: the package's BPO adapter)."
+        },
+    )
     optimized_file: str | None = field(
         default=None,
         metadata={
@@ -118,7 +130,10 @@ class EvalConfig:
     )
     optimizer_timeout: float = field(
         default=120.0,
-        metadata={"help": "Seconds the optimizer may take for one prompt, all rounds."},
+        metadata={
+            "help": "Seconds the optimizer may take for one prompt, all rounds (--engine "
+            "backend; the vllm and ray engines finish each batch)."
+        },
     )
 
     answer_backend: Literal["openai", "tgi", "local"] = field(
@@ -195,7 +210,12 @@ class EvalConfig:
         },
     )
 
-    concurrency: int = field(default=8, metadata={"help": "Requests in flight at once, per step."})
+    concurrency: int = field(
+        default=8,
+        metadata={
+            "help": "Requests in flight at once, per step (--engine vllm/ray: prompts per batch)."
+        },
+    )
     requests_per_second: float | None = field(
         default=None,
         metadata={"help": "Rate limit of request starts per step (default: no limit)."},
@@ -269,6 +289,20 @@ class EvalConfig:
             if getattr(self, f"{role}_backend") == "tgi" and not getattr(self, f"{role}_url"):
                 raise TrainerConfigError(f"{role}_backend='tgi' needs {role}_url (the server root)")
         self._validate_ranges()
+        self.validate_engine()
+        if self.engine != "backend":
+            allowed = (
+                ("local",)
+                if "vllm" in (self.engine, self.ray_worker_engine)
+                else ("local", "tgi", "openai")
+            )
+            if self.optimizer not in allowed:
+                where = "a vLLM engine" if allowed == ("local",) else "the configured backend"
+                raise TrainerConfigError(
+                    f"engine={self.engine!r} runs the optimizer model on {where}, so "
+                    f"optimizer={self.optimizer!r} cannot be used with it: use "
+                    f"optimizer={allowed[0]!r} (the default) or engine='backend'"
+                )
         return self
 
     def _validate_ranges(self) -> None:

@@ -39,7 +39,7 @@ from bpo_trainer.evaluate.testsets import EvalPrompt, load_testset, sample_promp
 from bpo_trainer.records import read_records
 
 if TYPE_CHECKING:
-    from bpo_integrations import BPOOptimizer
+    from bpo_integrations import BPOOptimizer, OptimizationResult
 
 OPTIMIZED_FILE = "optimized.jsonl"
 ANSWERS_FILE = "answers.jsonl"
@@ -138,6 +138,10 @@ def _optimizer_identity(config: EvalConfig, optimizer: BPOOptimizer | None) -> H
         return ("file", digest)
     if config.optimizer == "none":
         return ("none",)
+    if config.engine != "backend" and optimizer is None:
+        from bpo_trainer.evaluate.engine_step import engine_identity
+
+        return engine_identity(config)
     if optimizer is not None:
         return (
             "custom",
@@ -262,6 +266,34 @@ async def _optimize_step(
                 results[_item_key(item)] = _Optimized(tuple(record["round_prompts"]))
             return results
 
+        inline = config.context_mode == "inline"
+
+        def finish(item: EvalPrompt, source: str, result: OptimizationResult) -> None:
+            run.new_calls["optimize"] += 1
+            reason = result.fallback_reason
+            if result.fell_back and reason is not None and reason.is_backend_failure:
+                run.fail("optimize", RuntimeError(result.fallback_message))
+                return
+            rewrites = list(result.rounds) or [source]
+            completed = len(result.rounds)
+            rewrites += [rewrites[-1]] * (config.rounds - len(rewrites))
+            record = record_for(
+                item,
+                rewrites,
+                fell_back=result.fell_back,
+                fallback_reason=result.fallback_message,
+                rounds_completed=completed,
+                latency_s=round(result.latency_s, 4),
+            )
+            writer.write(record)
+            results[_item_key(item)] = _Optimized(tuple(record["round_prompts"]), result.fell_back)
+
+        if config.engine != "backend":
+            from bpo_trainer.evaluate.engine_step import optimize_on_engine
+
+            optimize_on_engine(run, todo, optimizer, finish)
+            return results
+
         owned = optimizer is None
         optimizer = optimizer or _build_optimizer(config)
         limiter = CallLimiter(config.concurrency, config.requests_per_second)
@@ -269,7 +301,6 @@ async def _optimize_step(
             with run.progress_task("optimize", len(todo)) as advance:
 
                 async def one(item: EvalPrompt) -> None:
-                    inline = config.context_mode == "inline"
                     source = item.prompt if inline else item.instruction
                     try:
                         result = await run.call(
@@ -285,26 +316,7 @@ async def _optimize_step(
                         return
                     finally:
                         advance()
-                    run.new_calls["optimize"] += 1
-                    reason = result.fallback_reason
-                    if result.fell_back and reason is not None and reason.is_backend_failure:
-                        run.fail("optimize", RuntimeError(result.fallback_message))
-                        return
-                    rewrites = list(result.rounds) or [source]
-                    completed = len(result.rounds)
-                    rewrites += [rewrites[-1]] * (config.rounds - len(rewrites))
-                    record = record_for(
-                        item,
-                        rewrites,
-                        fell_back=result.fell_back,
-                        fallback_reason=result.fallback_message,
-                        rounds_completed=completed,
-                        latency_s=round(result.latency_s, 4),
-                    )
-                    writer.write(record)
-                    results[_item_key(item)] = _Optimized(
-                        tuple(record["round_prompts"]), result.fell_back
-                    )
+                    finish(item, source, result)
 
                 await asyncio.gather(*(one(item) for item in todo))
         finally:
