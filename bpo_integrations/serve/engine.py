@@ -19,7 +19,7 @@ from bpo_integrations.template import BPO_TEMPLATE
 
 if TYPE_CHECKING:
     from bpo_integrations.backends.local import LocalBackend
-    from bpo_integrations.inference.engine import EngineRequest
+    from bpo_integrations.inference.engine import EngineRequest, InferenceEngine
 
 
 _BPO_PREFIX, _BPO_SUFFIX = BPO_TEMPLATE.split("{prompt}")
@@ -70,9 +70,13 @@ class Prompt:
 
 @dataclass
 class Completion:
-    """The outcome of one request. ``text`` ends with the stop sequence that ended it, as TGI's."""
+    """The outcome of one request: the text up to the stop sequence that ended it, and that stop.
 
-    text: str
+    :meth:`Engine.stream` cuts the text at its stop once; TGI's routes answer :attr:`text` (with
+    the stop sequence), OpenAI's :attr:`text_before_stop` (without).
+    """
+
+    text_before_stop: str
     finish_reason: FinishReason
     input_tokens: int
     tokens: list[TokenInfo] = field(default_factory=list)
@@ -80,14 +84,13 @@ class Completion:
     stop: str | None = None
 
     @property
+    def text(self) -> str:
+        """The text ending with the stop sequence that ended it (TGI's convention)."""
+        return self.text_before_stop + (self.stop or "")
+
+    @property
     def generated_tokens(self) -> int:
         return len(self.tokens)
-
-    def text_before_stop(self) -> str:
-        """The text without its stop sequence (OpenAI's convention)."""
-        if self.stop is not None and self.text.endswith(self.stop):
-            return self.text[: -len(self.stop)]
-        return self.text
 
 
 class Engine:
@@ -110,7 +113,7 @@ class Engine:
     def __init__(self, backend: LocalBackend, *, length_rule: bool | None = None) -> None:
         backend.load()
         self.backend = backend
-        self.model = backend.engine
+        self.model: InferenceEngine = backend.engine
         if length_rule is None:
             recommended = backend.recommended_settings()
             length_rule = bool(recommended and recommended.min_new_tokens_from_prompt)
@@ -230,11 +233,10 @@ class Engine:
                 request.cancel()
         text = self.decode([t.id for t in tokens])
         stop = outcome.stop
-        if stop is not None:  # TGI's text ends with the stop sequence that ended it
-            before, _ = split_at_stop(text, (stop,))
-            text = before + stop
+        if stop is not None:  # the engine may have dropped part of the stop: cut at its start
+            text, _ = split_at_stop(text, (stop,))
         yield Completion(
-            text=text,
+            text_before_stop=text,
             finish_reason=outcome.finish_reason,
             input_tokens=len(prompt),
             tokens=tokens,
@@ -276,7 +278,7 @@ class Engine:
 class _Pieces:
     """Incremental decoding: the text each new token adds, never splitting a UTF-8 character."""
 
-    def __init__(self, model: object) -> None:
+    def __init__(self, model: InferenceEngine) -> None:
         self.model = model
         self.ids: list[int] = []
         self.prefix = 0
@@ -284,7 +286,7 @@ class _Pieces:
 
     def push(self, token_id: int, *, skip_special_tokens: bool) -> str:
         self.ids.append(token_id)
-        decode = self.model.decode  # type: ignore[attr-defined]
+        decode = self.model.decode
         before = decode(self.ids[self.prefix : self.read], skip_special_tokens=skip_special_tokens)
         after = decode(self.ids[self.prefix :], skip_special_tokens=skip_special_tokens)
         if len(after) > len(before) and not after.endswith("\ufffd"):

@@ -6,11 +6,15 @@ Each app owns its registry, so that several servers (or tests) in one process do
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from bpo_integrations.serve.engine import Engine
 
 _TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -119,3 +123,33 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             record()
+
+
+class EngineStats:
+    """A Prometheus collector over the engine's counters, read at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.engine.stats
+        steps = CounterMetricFamily(
+            "bpo_serve_engine_steps", "Scheduler steps the engine ran (each decodes every request)."
+        )
+        steps.add_metric([], stats.get("steps", 0))
+        requests = CounterMetricFamily("bpo_serve_engine_requests", "Requests given to the engine.")
+        requests.add_metric([], stats.get("requests", 0))
+        generated = CounterMetricFamily(
+            "bpo_serve_engine_generated_tokens", "Tokens the engine generated."
+        )
+        generated.add_metric([], stats.get("generated_tokens", 0))
+        largest = GaugeMetricFamily(
+            "bpo_serve_max_batch_size", "The most requests the engine decoded together so far."
+        )
+        largest.add_metric([], stats.get("max_running", 0))
+        yield from (steps, requests, generated, largest)
+
+    def describe(self) -> list[Any]:
+        return []
