@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from bpo_integrations.guards.words import Vocabulary, _word_set, content_words, words
+from bpo_integrations.guards.words import _word_set, content_words, vocabulary, words
 
 IMPERATIVES = _word_set(
     """act analyse analyze annotate answer arrange ask assess brainstorm build calculate
@@ -71,7 +71,7 @@ def _shares_content(original: str, rewritten: str) -> bool:
     """An answer speaks of what was asked; text that shares no content word with a prompt that
     has some is drift or noise (``changed_intent``'s business), not an answer."""
     content = content_words(original)
-    kept = Vocabulary(rewritten)
+    kept = vocabulary(rewritten)
     return not content or any(kept.has(w) for w in content)
 
 

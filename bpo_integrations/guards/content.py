@@ -18,9 +18,9 @@ from bpo_integrations.guards.words import (
     GENERIC_NAMES,
     REQUEST_WORDS,
     STOPWORDS,
-    Vocabulary,
     content_words,
     stem,
+    vocabulary,
     words,
 )
 
@@ -117,7 +117,7 @@ text='Beatles'), Invented(kind='number', text='3')]
         []
     """
     source = original if not context else f"{original}\n{context}"
-    vocabulary = Vocabulary(source)
+    known = vocabulary(source)
     lowered = source.lower()
     found: list[Invented] = []
     rewritten = _unwrap(rewritten)
@@ -126,14 +126,14 @@ text='Beatles'), Invented(kind='number', text='3')]
         if inner.lower() in lowered or not _is_title_or_sentence(inner):
             continue
         inner_words = [w for w in words(inner) if w not in STOPWORDS and w not in REQUEST_WORDS]
-        new = vocabulary.missing(inner_words)
+        new = known.missing(inner_words)
         if inner_words and 3 * len(new) >= len(set(inner_words)):
             found.append(Invented("quoted", span))
     if not _GIVEN_MATERIAL.search(original):
         return found
     unquoted = _DOUBLE_QUOTED.sub(" ", rewritten)
     for name in dict.fromkeys(_names(unquoted)):
-        if name.lower() not in lowered and not all(vocabulary.has(w) for w in words(name)):
+        if name.lower() not in lowered and not all(known.has(w) for w in words(name)):
             found.append(Invented("name", name))
     for number in dict.fromkeys(_numbers(unquoted)):
         if number not in source:
@@ -160,7 +160,7 @@ def dropped_content(original: str, rewritten: str) -> tuple[list[str], int]:
             unique.append(word)
     if original in rewritten:
         return [], len(unique)
-    kept = Vocabulary(rewritten)
+    kept = vocabulary(rewritten)
     return [w for w in unique if not kept.has(w)], len(unique)
 
 
