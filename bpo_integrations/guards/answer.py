@@ -8,6 +8,7 @@ Sent on, such an answer makes the answering model respond to a response.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from bpo_integrations.guards.words import _word_set, content_words, vocabulary, words
 
@@ -91,6 +92,15 @@ def is_request(text: str) -> bool:
     return any(_opening(sentence, _QUESTION_WORDS) for sentence in _SENTENCE.findall(text))
 
 
+@lru_cache(maxsize=256)  # per prompt, for all the rewrites judged against it
+def _prompt_kind(original: str) -> tuple[bool, bool]:
+    """Whether ``original`` asks (its own "..., what colleges should I apply to" asks, too), and
+    whether it opens as an answer does."""
+    clauses = _CLAUSE.findall(original)
+    asks = is_request(original) or any(_opening(c, _QUESTION_WORDS) for c in clauses)
+    return asks, bool(_ANSWER_OPENING.match(original))
+
+
 def answers_instead(original: str, rewritten: str) -> str | None:
     """Why ``rewritten`` reads as a response to ``original`` rather than a rewrite of it; ``None``
     when it does not.
@@ -110,10 +120,10 @@ def answers_instead(original: str, rewritten: str) -> str | None:
         "starts answering ('Answer:')"
         >>> answers_instead("How do I sleep well?", "What habits help me sleep well at night?")
     """
-    clauses = _CLAUSE.findall(original)
-    if not (is_request(original) or any(_opening(c, _QUESTION_WORDS) for c in clauses)):
-        return None  # (the prompt's own "..., what colleges should I apply to" asks, too)
-    if _ANSWER_OPENING.match(rewritten) and not _ANSWER_OPENING.match(original):
+    asks, opens_as_answer = _prompt_kind(original)
+    if not asks:
+        return None
+    if _ANSWER_OPENING.match(rewritten) and not opens_as_answer:
         return "opens as an answer"
     label = _ANSWER_LABEL.search(rewritten)
     if label and label.group(1).lower() not in original.lower():
