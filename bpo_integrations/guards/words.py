@@ -97,6 +97,8 @@ def words(text: str) -> list[str]:
 @lru_cache(maxsize=1024)
 def _words(text: str) -> tuple[str, ...]:
     # each guard reads the words of the same two texts: they are found once
+    if text.isascii():  # lower-casing ASCII keeps every letter a letter: the same words
+        return tuple(_WORD.findall(text.lower()))
     return tuple(w.lower() for w in _WORD.findall(text))
 
 
@@ -144,7 +146,7 @@ class Vocabulary:
     def __init__(self, *texts: str) -> None:
         stems = {stem(word) for text in texts for word in set(_words(text))}
         self._stems = frozenset(stems)
-        self._prefixes = frozenset(s[:i] for s in stems for i in range(_MIN_PREFIX, len(s) + 1))
+        self._prefixes = frozenset({s[:i] for s in stems for i in range(_MIN_PREFIX, len(s) + 1)})
 
     def has(self, word: str) -> bool:
         s = stem(word)
