@@ -23,7 +23,7 @@ from bpo_integrations.errors import (
     OptimizationTimeoutError,
     TransientBackendError,
 )
-from bpo_integrations.guards import Guards
+from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, Guards
 from bpo_integrations.postprocess import clean_completion
 from bpo_integrations.result import FallbackReason, OptimizationResult
 from bpo_integrations.retry import RetryPolicy
@@ -60,7 +60,8 @@ class BPOOptimizer:
             backend the budget cannot interrupt (a sync ``CallableBackend`` function run inline).
         on_error: ``"fallback"`` returns the original prompt, ``"raise"`` raises.
         max_retries: retries of transient errors (429, 503, connection resets) within the budget.
-        guards: acceptance rules for a rewrite.
+        guards: acceptance rules for a rewrite; ``None``: :class:`Guards`, or for the shipped
+            default model (``LocalBackend()``) :data:`DEFAULT_MODEL_GUARDS`.
         cache_size: entries of the in-memory LRU cache of rewrites; 0 disables it.
         max_concurrency: prompts (or backend batches) optimized at once by the batch methods;
             ``None``: what the backend serves at once (``backend.max_concurrency``), else 8.
@@ -108,9 +109,9 @@ class BPOOptimizer:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if backend is None:
-            from bpo_integrations.backends.local import LocalBackend
+        from bpo_integrations.backends.local import LocalBackend
 
+        if backend is None:
             backend = LocalBackend()
         if max_concurrency is None:
             max_concurrency = backend.max_concurrency or 8
@@ -122,7 +123,10 @@ class BPOOptimizer:
         self.timeout = timeout
         self.on_error: OnError = on_error
         self.max_retries = max_retries
-        self.guards = guards or Guards()
+        if guards is None:
+            shipped = isinstance(backend, LocalBackend) and backend.model_id is None
+            guards = DEFAULT_MODEL_GUARDS if shipped and backend.adapter_id is None else Guards()
+        self.guards = guards
         self.cache: LRUCache[OptimizationResult] = LRUCache(cache_size)
         self.max_concurrency = max_concurrency
         self.max_input_chars = max_input_chars

@@ -28,6 +28,7 @@ class FallbackReason(str, Enum):
     INVENTED_CONTENT = "invented_content"
     CHANGED_INTENT = "changed_intent"
     REPEATED_TEXT = "repeated_text"
+    NOT_IMPROVED = "not_improved"
     TIMEOUT = "timeout"
     BACKEND_OVERLOADED = "backend_overloaded"
     BACKEND_UNAVAILABLE = "backend_unavailable"

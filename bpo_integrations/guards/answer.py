@@ -8,8 +8,9 @@ Sent on, such an answer makes the answering model respond to a response.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-from bpo_integrations.guards.words import Vocabulary, _word_set, content_words, words
+from bpo_integrations.guards.words import _word_set, content_words, vocabulary, words
 
 IMPERATIVES = _word_set(
     """act analyse analyze annotate answer arrange ask assess brainstorm build calculate
@@ -71,7 +72,7 @@ def _shares_content(original: str, rewritten: str) -> bool:
     """An answer speaks of what was asked; text that shares no content word with a prompt that
     has some is drift or noise (``changed_intent``'s business), not an answer."""
     content = content_words(original)
-    kept = Vocabulary(rewritten)
+    kept = vocabulary(rewritten)
     return not content or any(kept.has(w) for w in content)
 
 
@@ -89,6 +90,15 @@ def is_request(text: str) -> bool:
     # a question word opens a question at the start of a sentence ("..., which is" does not;
     # "Here's a guide on how to" does not)
     return any(_opening(sentence, _QUESTION_WORDS) for sentence in _SENTENCE.findall(text))
+
+
+@lru_cache(maxsize=256)  # per prompt, for all the rewrites judged against it
+def _prompt_kind(original: str) -> tuple[bool, bool]:
+    """Whether ``original`` asks (its own "..., what colleges should I apply to" asks, too), and
+    whether it opens as an answer does."""
+    clauses = _CLAUSE.findall(original)
+    asks = is_request(original) or any(_opening(c, _QUESTION_WORDS) for c in clauses)
+    return asks, bool(_ANSWER_OPENING.match(original))
 
 
 def answers_instead(original: str, rewritten: str) -> str | None:
@@ -110,10 +120,10 @@ def answers_instead(original: str, rewritten: str) -> str | None:
         "starts answering ('Answer:')"
         >>> answers_instead("How do I sleep well?", "What habits help me sleep well at night?")
     """
-    clauses = _CLAUSE.findall(original)
-    if not (is_request(original) or any(_opening(c, _QUESTION_WORDS) for c in clauses)):
-        return None  # (the prompt's own "..., what colleges should I apply to" asks, too)
-    if _ANSWER_OPENING.match(rewritten) and not _ANSWER_OPENING.match(original):
+    asks, opens_as_answer = _prompt_kind(original)
+    if not asks:
+        return None
+    if _ANSWER_OPENING.match(rewritten) and not opens_as_answer:
         return "opens as an answer"
     label = _ANSWER_LABEL.search(rewritten)
     if label and label.group(1).lower() not in original.lower():

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from bpo_integrations.guards.protected import _DOUBLE_QUOTED, _NUMBER
 from bpo_integrations.guards.words import (
     GENERIC_NAMES,
     REQUEST_WORDS,
     STOPWORDS,
-    Vocabulary,
     content_words,
     stem,
+    vocabulary,
     words,
 )
 
@@ -93,6 +94,11 @@ def _is_title_or_sentence(inner: str) -> bool:
     )
 
 
+@lru_cache(maxsize=256)  # per prompt, for all the rewrites judged against it
+def _points_at_given_material(original: str) -> bool:
+    return bool(_GIVEN_MATERIAL.search(original))
+
+
 def invented_content(
     original: str, rewritten: str, *, context: str | None = None
 ) -> list[Invented]:
@@ -117,7 +123,7 @@ text='Beatles'), Invented(kind='number', text='3')]
         []
     """
     source = original if not context else f"{original}\n{context}"
-    vocabulary = Vocabulary(source)
+    known = vocabulary(source)
     lowered = source.lower()
     found: list[Invented] = []
     rewritten = _unwrap(rewritten)
@@ -126,19 +132,31 @@ text='Beatles'), Invented(kind='number', text='3')]
         if inner.lower() in lowered or not _is_title_or_sentence(inner):
             continue
         inner_words = [w for w in words(inner) if w not in STOPWORDS and w not in REQUEST_WORDS]
-        new = vocabulary.missing(inner_words)
+        new = known.missing(inner_words)
         if inner_words and 3 * len(new) >= len(set(inner_words)):
             found.append(Invented("quoted", span))
-    if not _GIVEN_MATERIAL.search(original):
+    if not _points_at_given_material(original):
         return found
     unquoted = _DOUBLE_QUOTED.sub(" ", rewritten)
     for name in dict.fromkeys(_names(unquoted)):
-        if name.lower() not in lowered and not all(vocabulary.has(w) for w in words(name)):
+        if name.lower() not in lowered and not all(known.has(w) for w in words(name)):
             found.append(Invented("name", name))
     for number in dict.fromkeys(_numbers(unquoted)):
         if number not in source:
             found.append(Invented("number", number))
     return found
+
+
+@lru_cache(maxsize=256)  # per prompt, for all the rewrites judged against it
+def _unique_content_words(original: str) -> tuple[str, ...]:
+    seen: set[str] = set()
+    unique = []
+    for word in content_words(original):
+        key = stem(word)
+        if key not in seen:
+            seen.add(key)
+            unique.append(word)
+    return tuple(unique)
 
 
 def dropped_content(original: str, rewritten: str) -> tuple[list[str], int]:
@@ -151,16 +169,10 @@ def dropped_content(original: str, rewritten: str) -> tuple[list[str], int]:
         >>> dropped_content("Rank the vegetables by how nutritious they are", "Rank fruits")
         (['vegetables', 'nutritious'], 3)
     """
-    unique: list[str] = []
-    seen: set[str] = set()
-    for word in content_words(original):
-        key = stem(word)
-        if key not in seen:
-            seen.add(key)
-            unique.append(word)
+    unique = _unique_content_words(original)
     if original in rewritten:
         return [], len(unique)
-    kept = Vocabulary(rewritten)
+    kept = vocabulary(rewritten)
     return [w for w in unique if not kept.has(w)], len(unique)
 
 
@@ -176,6 +188,15 @@ def _sentence_counts(text: str) -> dict[str, tuple[int, str]]:
     return counts
 
 
+@lru_cache(maxsize=256)  # per prompt, for all the rewrites judged against it
+def _prompt_sentences(
+    original: str,
+) -> tuple[dict[str, tuple[int, str]], tuple[frozenset[str], ...]]:
+    closed = original.rstrip()
+    before = _sentence_counts(closed if closed[-1:] in ".!?" else closed + ".")
+    return before, tuple(frozenset(key.split()) for key in before)
+
+
 def repeated_sentences(original: str, rewritten: str) -> list[str]:
     """The sentences of ``rewritten`` (three words or more, closed by ``.``, ``!`` or ``?``) that
     hold all the words of a sentence of ``original`` and that it says more than once, more often
@@ -189,9 +210,7 @@ def repeated_sentences(original: str, rewritten: str) -> list[str]:
         >>> repeated_sentences("Q", "Q Explain it well. Explain it well.")  # not the prompt's
         []
     """
-    closed = original.rstrip()
-    before = _sentence_counts(closed if closed[-1:] in ".!?" else closed + ".")
-    prompt_sentences = [set(key.split()) for key in before]
+    before, prompt_sentences = _prompt_sentences(original)
     return [
         first
         for key, (count, first) in _sentence_counts(rewritten).items()

@@ -7,6 +7,7 @@ that drops or alters one is rejected (``lost_protected_content``).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _FENCED_CODE = re.compile(r"```.*?```|~~~.*?~~~", re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -39,6 +40,11 @@ def protected_spans(text: str) -> list[tuple[str, str]]:
         >>> protected_spans('Fix `foo()` in {file} and see https://x.org/a?b=1')
         [('inline_code', '`foo()`'), ('placeholder', '{file}'), ('url', 'https://x.org/a?b=1')]
     """
+    return list(_protected_spans(text))
+
+
+@lru_cache(maxsize=256)  # a prompt's spans, found once for all the rewrites judged against it
+def _protected_spans(text: str) -> tuple[tuple[str, str], ...]:
     spans: list[tuple[str, str]] = []
     remaining = text
     for kind, pattern in PROTECTED_PATTERNS.items():
@@ -53,7 +59,7 @@ def protected_spans(text: str) -> list[tuple[str, str]]:
         spans.extend((kind, s) for s in found if s in text)
         remaining = pattern.sub(" ", remaining)
     order = {span: text.find(span) for _, span in spans}
-    return sorted(spans, key=lambda item: order[item[1]])
+    return tuple(sorted(spans, key=lambda item: order[item[1]]))
 
 
 def _normalize_code(span: str) -> str:
@@ -73,7 +79,7 @@ def missing_protected(original: str, rewritten: str) -> list[tuple[str, str]]:
         return []
     missing = []
     collapsed: str | None = None
-    for kind, span in protected_spans(original):
+    for kind, span in _protected_spans(original):
         if span in rewritten:
             continue
         if kind == "fenced_code":

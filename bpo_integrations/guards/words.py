@@ -91,7 +91,15 @@ def words(text: str) -> list[str]:
         >>> words("John's 3 cats don't sleep.")
         ['john', 'cats', 'don', 'sleep']
     """
-    return [w.lower() for w in _WORD.findall(text)]
+    return list(_words(text))
+
+
+@lru_cache(maxsize=1024)
+def _words(text: str) -> tuple[str, ...]:
+    # each guard reads the words of the same two texts: they are found once
+    if text.isascii():  # lower-casing ASCII keeps every letter a letter: the same words
+        return tuple(_WORD.findall(text.lower()))
+    return tuple(w.lower() for w in _WORD.findall(text))
 
 
 @lru_cache(maxsize=65536)
@@ -124,7 +132,8 @@ class Vocabulary:
     """The stems of a text, to ask whether a word (in any inflection) occurs in it.
 
     Two stems match when one is a prefix of the other and the shorter has at least four letters
-    ("writ" and "write"); shorter stems must be equal.
+    ("writ" and "write"); shorter stems must be equal. :func:`vocabulary` gives the one of a
+    text, made once.
 
     Example:
         >>> vocabulary = Vocabulary("Rank the vegetables by nutrition")
@@ -132,16 +141,12 @@ class Vocabulary:
         [True, True, False]
     """
 
-    def __init__(self, *texts: str) -> None:
-        self._stems: set[str] = set()
-        self._prefixes: set[str] = set()
-        self.add(*texts)
+    __slots__ = ("_prefixes", "_stems")
 
-    def add(self, *texts: str) -> None:
-        for text in texts:
-            for s in {stem(word) for word in set(words(text))} - self._stems:
-                self._stems.add(s)
-                self._prefixes.update(s[:i] for i in range(_MIN_PREFIX, len(s) + 1))
+    def __init__(self, *texts: str) -> None:
+        stems = {stem(word) for text in texts for word in set(_words(text))}
+        self._stems = frozenset(stems)
+        self._prefixes = frozenset({s[:i] for s in stems for i in range(_MIN_PREFIX, len(s) + 1)})
 
     def has(self, word: str) -> bool:
         s = stem(word)
@@ -163,3 +168,9 @@ class Vocabulary:
             if not self.has(word):
                 out.append(word)
         return out
+
+
+@lru_cache(maxsize=256)
+def vocabulary(text: str) -> Vocabulary:
+    """The :class:`Vocabulary` of ``text``, made once (the guards ask it of the same texts)."""
+    return Vocabulary(text)

@@ -196,7 +196,9 @@ def test_the_served_path_gives_the_in_process_rewrites(
             TGIBackend(url),
             OpenAIBackend("smollm2-135m-instruct", base_url=url + "/v1"),
         ):
-            served = BPOOptimizer(backend, settings=settings, cache_size=0, timeout=120)
+            served = BPOOptimizer(
+                backend, settings=settings, cache_size=0, timeout=120, guards=in_process.guards
+            )
             results = served.optimize_batch(prompts)
             assert [r.optimized for r in results] == expected, backend.name
             served.close()

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpo_integrations.guards import (
+    DEFAULT_MODEL_GUARDS,
     NO_GUARDS,
     PROTECTED_PATTERNS,
     GuardFailure,
@@ -316,6 +317,44 @@ def test_a_repeated_sentence_keeps_the_prompt() -> None:
         == []
     )
     assert Guards(reject_repeats=False).check(original, f"{original} {original}") is None
+
+
+def test_the_keep_rule_sends_a_mere_rewording_of_the_prompt_on_as_it_is() -> None:
+    original = "How do I learn to play the guitar quickly?"
+    reworded = "What is the fastest way for me to learn to play the guitar?"
+    expanded = (
+        f"{original} Suggest a weekly practice plan for a beginner, the first chords and songs "
+        "to learn, and the mistakes to avoid."
+    )
+    assert Guards().check(original, reworded) is None  # the keep rule is off in Guards()
+    reason = DEFAULT_MODEL_GUARDS.check(original, reworded)
+    assert reason is not None and reason.reason is FallbackReason.NOT_IMPROVED
+    assert str(reason) == "not_improved: 1.40 times the prompt's length, at most 1.7"
+    assert DEFAULT_MODEL_GUARDS.check(original, expanded) is None
+    # the other guards speak first: an answer is named as one, not as too short
+    answer = DEFAULT_MODEL_GUARDS.check(original, "Sure! Practice daily.")
+    assert answer is not None and answer.reason is FallbackReason.ANSWERED_INSTEAD
+    assert Guards(min_length_ratio=1.2).check(original, reworded) is None
+    assert not FallbackReason.NOT_IMPROVED.is_backend_failure
+
+
+def test_the_optimizer_applies_the_keep_rule_to_the_shipped_model_only() -> None:
+    from bpo_integrations import BPOOptimizer
+    from bpo_integrations.backends import CallableBackend
+    from bpo_integrations.backends.local import LocalBackend
+
+    assert BPOOptimizer().guards == DEFAULT_MODEL_GUARDS  # lazy: no model is loaded here
+    assert BPOOptimizer(LocalBackend()).guards == DEFAULT_MODEL_GUARDS
+    assert BPOOptimizer(LocalBackend("THUDM/BPO")).guards == Guards()
+    assert BPOOptimizer(LocalBackend(adapter="my-adapter")).guards == Guards()
+    optimizer = BPOOptimizer(CallableBackend(lambda p: "Tell me how to learn guitar fast?"))
+    result = optimizer.optimize("How do I learn to play the guitar quickly?")
+    assert optimizer.guards == Guards() and not result.fell_back
+    kept = BPOOptimizer(optimizer.backend, guards=DEFAULT_MODEL_GUARDS).optimize(
+        "How do I learn to play the guitar quickly?"
+    )
+    assert kept.fell_back and kept.fallback_reason is FallbackReason.NOT_IMPROVED
+    assert kept.text == "How do I learn to play the guitar quickly?"
 
 
 def test_no_guards_turns_every_check_off() -> None:

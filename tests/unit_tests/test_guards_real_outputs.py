@@ -228,3 +228,46 @@ def test_answers_in_the_chat_template_are_rejected_and_its_rewrites_kept(
     for index in CHAT_REWRITES:
         output = outputs[("chat", "val", index)]
         assert check(Guards(), prompts[("val", index)], output) is None, output["rewrite"]
+
+
+def test_the_keep_rule_raises_both_scores_on_the_records_it_was_tuned_on(
+    prompts: dict[tuple[str, int], tuple[str, str]],
+    outputs: dict[tuple[str, str, int], dict[str, Any]],
+    bpo_val_records: list[dict[str, Any]],
+) -> None:
+    """On our rewrites of the val.json records outside the dev split (the model's training data,
+    where the threshold was chosen), keeping the prompt where the rewrite is hardly longer than
+    it scores higher chrF and BLEU against the BPO references than Guards() alone."""
+    sacrebleu = pytest.importorskip("sacrebleu")
+    from bpo_integrations.guards import DEFAULT_MODEL_GUARDS
+    from bpo_integrations.models import default_adapter_path
+    from bpo_integrations.template import join_context
+
+    record = json.loads((default_adapter_path() / "bpo_training.json").read_text("utf-8"))
+    dev = set(record["dev_indices"])
+    keys = sorted(k[1:] for k in outputs if k[:2] == ("bpo", "val") and k[2] not in dev)
+    references = [[bpo_val_records[i]["final_output"].strip() for _, i in keys]]
+
+    def sent_on(guards: Guards) -> list[str]:
+        texts = []
+        for key in keys:
+            instruction, context = prompts[key]
+            rewrite = outputs[("bpo", *key)]["rewrite"]
+            kept = check(guards, prompts[key], outputs[("bpo", *key)]) is not None
+            texts.append(join_context(instruction if kept else rewrite, context or None))
+        return texts
+
+    scores = {}
+    for name, guards in (("plain", Guards()), ("keep rule", DEFAULT_MODEL_GUARDS)):
+        texts = sent_on(guards)
+        scores[name] = (
+            sacrebleu.corpus_chrf(texts, references).score,
+            sacrebleu.corpus_bleu(texts, references).score,
+        )
+    assert scores["keep rule"][0] > scores["plain"][0]
+    assert scores["keep rule"][1] > scores["plain"][1] + 0.5
+    # the judged failures keep their own reason: the keep rule speaks last
+    for key, verdict in VERDICTS.items():
+        reason = check(DEFAULT_MODEL_GUARDS, prompts[key], outputs[("bpo", *key)])
+        if verdict is not None:
+            assert reason is not None and reason.reason == verdict

@@ -14,8 +14,9 @@ the served path's failure mode where the model answers the prompt.
 
 ``report`` applies each guard on its own to those rewrites and to the 300 ChatGPT rewrites of
 ``val.json`` (``optimized_prompt``, good rewrites: a guard that rejects them rejects good work),
-then scores copy / the default / the default with the new guards on the dev split with sacrebleu
-chrF and BLEU and a bootstrap confidence interval.
+then scores copy / the default / the default with the new guards / with the keep rule too on the
+dev split with sacrebleu chrF and BLEU and a bootstrap confidence interval
+(:mod:`bpo_trainer.guard_quality`), and tunes the keep rule on the other ``val.json`` records.
 """
 
 from __future__ import annotations
@@ -28,10 +29,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from bpo_trainer.guard_quality import (
+    SystemQuality,
+    best_threshold,
+    keep_rule_sweep,
+    quality_table,
+    sweep_table,
+    system_quality,
+)
 from bpo_trainer.recipe.config import resolve_shared_dir
 
 if TYPE_CHECKING:
-    from bpo_integrations.guards import GuardFailure, Guards
+    from bpo_integrations.guards import Guards
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +216,9 @@ EXISTING = "runaway_output / empty_output / lost_protected_content (existing)"
 
 
 def guard_set() -> dict[str, Guards]:
-    """Each new guard on its own, the existing ones together, and all of them (``Guards()``)."""
-    from bpo_integrations.guards import NO_GUARDS, Guards
+    """Each new guard on its own, the existing ones together, all of them (``Guards()``), and
+    all of them with the keep rule (the default model's guards)."""
+    from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, NO_GUARDS, Guards
 
     default = Guards()
     return {
@@ -224,6 +234,10 @@ def guard_set() -> dict[str, Guards]:
         "changed_intent": replace(NO_GUARDS, min_kept_content=default.min_kept_content),
         "repeated_text": replace(NO_GUARDS, reject_repeats=True),
         "all (the default Guards())": default,
+        "not_improved (the keep rule alone)": replace(
+            NO_GUARDS, min_length_ratio=DEFAULT_MODEL_GUARDS.min_length_ratio
+        ),
+        "all + the keep rule (BPOOptimizer()'s DEFAULT_MODEL_GUARDS)": DEFAULT_MODEL_GUARDS,
     }
 
 
@@ -327,79 +341,17 @@ def guard_table(rows: Sequence[GuardRow]) -> str:
 # -- rewrite or keep: quality on the dev split ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SystemQuality:
-    """Corpus chrF and BLEU of one system on the dev split, with bootstrap intervals."""
+def quality_variants() -> dict[str, Guards | None]:
+    """The systems of :func:`dev_quality`: copy, the existing guards, ``Guards()``, and the
+    default model's guards (``Guards()`` with the keep rule)."""
+    from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, Guards
 
-    name: str
-    n: int
-    rewritten: int
-    chrf: float
-    bleu: float
-    chrf_ci: tuple[float, float]
-    bleu_ci: tuple[float, float]
-    chrf_vs_copy_ci: tuple[float, float] | None = None
-    bleu_vs_copy_ci: tuple[float, float] | None = None
-    fallbacks: dict[str, int] = field(default_factory=dict)
-
-
-def choose(
-    guards: Guards | None, record: PromptRecord, output: Output | None
-) -> tuple[str, GuardFailure | None]:
-    """What ``BPOOptimizer`` sends on for ``record``: the rewrite, or the prompt when a guard
-    rejects it (``guards=None``: copy the prompt), with the context after it; and the reason."""
-    from bpo_integrations.template import join_context
-
-    if guards is None or output is None:
-        return join_context(record.instruction, record.context or None), None
-    reason = guards.check(
-        record.instruction,
-        output.rewrite,
-        finish_reason=output.finish_reason,
-        context=record.context or None,
-    )
-    chosen = record.instruction if reason is not None else output.rewrite
-    return join_context(chosen, record.context or None), reason
-
-
-def bootstrap(
-    systems: dict[str, list[str]],
-    references: Sequence[str],
-    *,
-    resamples: int = 1000,
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Percentile bootstrap (95%) of corpus chrF and BLEU of each system, and of its difference
-    from the first system (paired: the same resampled records for every system)."""
-    import numpy as np
-    from sacrebleu.metrics import BLEU, CHRF
-
-    chrf, bleu = CHRF(), BLEU()
-    n = len(references)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    names = list(systems)
-    samples: dict[str, dict[str, list[float]]] = {k: {"chrf": [], "bleu": []} for k in names}
-    for draw in draws:
-        refs = [[references[i] for i in draw]]
-        for name in names:
-            hyps = [systems[name][i] for i in draw]
-            samples[name]["chrf"].append(chrf.corpus_score(hyps, refs).score)
-            samples[name]["bleu"].append(bleu.corpus_score(hyps, refs).score)
-    out: dict[str, dict[str, Any]] = {}
-    base = names[0]
-    for name in names:
-        entry: dict[str, Any] = {}
-        for metric in ("chrf", "bleu"):
-            values = np.array(samples[name][metric])
-            entry[f"{metric}_ci"] = tuple(float(x) for x in np.percentile(values, [2.5, 97.5]))
-            if name != base:
-                diff = values - np.array(samples[base][metric])
-                entry[f"{metric}_vs_copy_ci"] = tuple(
-                    float(x) for x in np.percentile(diff, [2.5, 97.5])
-                )
-        out[name] = entry
-    return out
+    return {
+        "copy the prompt": None,
+        "default optimizer (existing guards)": guard_set()[EXISTING],
+        "default optimizer + new guards (fallback: copy)": Guards(),
+        "default optimizer + new guards + keep rule (BPOOptimizer()'s)": DEFAULT_MODEL_GUARDS,
+    }
 
 
 def dev_quality(
@@ -409,77 +361,8 @@ def dev_quality(
     *,
     resamples: int = 1000,
 ) -> list[SystemQuality]:
-    """copy / the default optimizer (existing guards) / the default with the new guards, scored
-    against ``final_output`` on the ``val.json`` records ``indices`` (the dev split)."""
-    from bpo_integrations.guards import Guards
-    from bpo_trainer.quality import corpus_scores
-
-    by_key = {o.key: o for o in outputs if o.template == "bpo"}
-    dev_records = [records[("val", i)] for i in indices]
-    missing = [r.index for r in dev_records if r.key not in by_key]
-    if missing:
-        raise ValueError(f"no saved rewrite for val.json records {missing}: run generate first")
-    variants: dict[str, Guards | None] = {
-        "copy the prompt": None,
-        "default optimizer (existing guards)": guard_set()[EXISTING],
-        "default optimizer + new guards (fallback: copy)": Guards(),
-    }
-    references = [r.reference_output for r in dev_records]
-    texts: dict[str, list[str]] = {}
-    reasons: dict[str, dict[str, int]] = {}
-    rewritten: dict[str, int] = {}
-    for name, guards in variants.items():
-        texts[name], reasons[name], rewritten[name] = [], {}, 0
-        for record in dev_records:
-            text, reason = choose(guards, record, by_key.get(record.key) if guards else None)
-            texts[name].append(text)
-            if reason is not None:
-                kind = reason.reason.value
-                reasons[name][kind] = reasons[name].get(kind, 0) + 1
-            elif guards is not None:
-                rewritten[name] += 1
-    intervals = bootstrap(texts, references, resamples=resamples)
-    results = []
-    for name in variants:
-        chrf, bleu = corpus_scores(texts[name], references)
-        extra = intervals[name]
-        results.append(
-            SystemQuality(
-                name=name,
-                n=len(dev_records),
-                rewritten=rewritten[name],
-                chrf=chrf,
-                bleu=bleu,
-                chrf_ci=extra["chrf_ci"],
-                bleu_ci=extra["bleu_ci"],
-                chrf_vs_copy_ci=extra.get("chrf_vs_copy_ci"),
-                bleu_vs_copy_ci=extra.get("bleu_vs_copy_ci"),
-                fallbacks=reasons[name],
-            )
-        )
-    return results
-
-
-def quality_table(rows: Sequence[SystemQuality]) -> str:
-    """The markdown table of :func:`dev_quality`."""
-
-    def ci(pair: tuple[float, float] | None) -> str:
-        return "–" if pair is None else f"[{pair[0]:+.1f}, {pair[1]:+.1f}]"
-
-    lines = [
-        "| system | chrF [95% CI] | BLEU [95% CI] | chrF − copy [95% CI] | BLEU − copy [95% CI] "
-        "| rewritten | fallbacks |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for row in rows:
-        fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(row.fallbacks.items())) or "–"
-        lines.append(
-            f"| {row.name} | {row.chrf:.1f} [{row.chrf_ci[0]:.1f}, {row.chrf_ci[1]:.1f}] | "
-            f"{row.bleu:.1f} [{row.bleu_ci[0]:.1f}, {row.bleu_ci[1]:.1f}] | "
-            f"{ci(row.chrf_vs_copy_ci)} | {ci(row.bleu_vs_copy_ci)} | {row.rewritten}/{row.n} | "
-            f"{fallbacks} |"
-        )
-    return "\n".join(lines)
+    """Each of :func:`quality_variants` against ``final_output`` on the records ``indices``."""
+    return system_quality(quality_variants(), records, outputs, indices, resamples=resamples)
 
 
 def load_records(shared: Path) -> dict[tuple[str, int], PromptRecord]:
@@ -574,6 +457,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     train_quality = (
         dev_quality(records, outputs, train, resamples=config.resamples) if train else []
     )
+    sweep = keep_rule_sweep(records, outputs, train) if train else []
     print("Rejections by guard (each guard alone):\n")
     print(guard_table(rows))
     print("\nQuality on the dev split (sacrebleu corpus scores against final_output):\n")
@@ -584,6 +468,12 @@ def main(argv: Iterable[str] | None = None) -> int:
             "trained on them: for comparing the fallback rules only):\n"
         )
         print(quality_table(train_quality))
+        print(
+            f"\nThe keep rule tuned on those {len(train)} records (Guards() with min_length_ratio;"
+            f" chosen: {best_threshold(sweep).min_length_ratio:g}, the most chrF + BLEU with at "
+            "least half rewritten):\n"
+        )
+        print(sweep_table(sweep))
     if config.report_file:
         report = {
             "guards": [
@@ -596,6 +486,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             ],
             "quality": [asdict(q) for q in quality],
             "train_quality": [asdict(q) for q in train_quality],
+            "keep_rule_sweep": [asdict(p) for p in sweep],
         }
         Path(config.report_file).write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

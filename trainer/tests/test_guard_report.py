@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 from bpo_trainer import guard_report
+from bpo_trainer.guard_quality import best_threshold, bootstrap, choose, keep_rule_sweep
 from bpo_trainer.guard_report import (
     Output,
     PromptRecord,
-    bootstrap,
-    choose,
     dev_indices,
     dev_quality,
     generate_outputs,
@@ -23,7 +22,7 @@ from bpo_trainer.guard_report import (
 )
 from bpo_trainer.quality import corpus_scores
 
-from bpo_integrations.guards import Guards
+from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, Guards
 
 pytestmark = pytest.mark.shared_data
 
@@ -128,7 +127,8 @@ def test_report_on_the_saved_rewrites(records: dict[tuple[str, int], PromptRecor
     dev = dev_indices()
     rows = judge(records, outputs, set(dev))
     by_guard = {row.guard: row for row in rows}
-    everything = by_guard["all (the default Guards())"]
+    everything = by_guard["all + the keep rule (BPOOptimizer()'s DEFAULT_MODEL_GUARDS)"]
+    assert everything.counts["dev"][0] > by_guard["all (the default Guards())"].counts["dev"][0]
     for row in rows:
         assert row.counts["ChatGPT references"][1] == 300
         assert row.counts["dev"][1] == 30
@@ -140,10 +140,11 @@ def test_report_on_the_saved_rewrites(records: dict[tuple[str, int], PromptRecor
     assert len(table.splitlines()) == 2 + len(rows)
 
     quality = dev_quality(records, outputs, dev, resamples=50)
-    copy, default, guarded = quality
+    copy, default, guarded, kept = quality
     assert copy.rewritten == 0 and not copy.fallbacks
     assert guarded.rewritten <= default.rewritten
     assert sum(guarded.fallbacks.values()) == 30 - guarded.rewritten
+    assert 15 <= kept.rewritten < guarded.rewritten and kept.fallbacks["not_improved"] > 0
     references = [records[("val", i)].reference_output for i in dev]
     texts = [records[("val", i)].instruction for i in dev]
     texts = [
@@ -175,7 +176,8 @@ def test_main_report_prints_both_tables(
     assert "| invented_content |" in printed and "| copy the prompt |" in printed
     data = json.loads(report.read_text(encoding="utf-8"))
     assert {g["guard"] for g in data["guards"]} >= {"answered_instead", "changed_intent"}
-    assert len(data["quality"]) == 3
+    assert len(data["quality"]) == 4
+    assert "| **1.7** |" in printed  # the shipped keep rule is the one the tuning records pick
 
 
 def test_main_without_outputs_is_a_clear_error(
@@ -185,3 +187,20 @@ def test_main_without_outputs_is_a_clear_error(
     code = guard_report.main(["report", "--outputs", str(missing), "--shared_dir", str(shared_dir)])
     assert code == 2
     assert f"no rewrites in {missing}: run generate first" in capsys.readouterr().err
+
+
+def test_the_keep_rule_is_tuned_on_the_training_records_only(
+    records: dict[tuple[str, int], PromptRecord],
+) -> None:
+    """The shipped threshold is the one the sweep picks on the val.json records outside the dev
+    split; with it, both metrics gain over the rule switched off there."""
+    outputs = read_outputs(FIXTURE)
+    dev = set(dev_indices())
+    train = sorted({o.index for o in outputs if o.set == "val" and o.template == "bpo"} - dev)
+    assert train and not dev & set(train)
+    points = keep_rule_sweep(records, outputs, train)
+    best = best_threshold(points)
+    assert best.min_length_ratio == DEFAULT_MODEL_GUARDS.min_length_ratio
+    off = points[0]
+    assert off.min_length_ratio == 0 and off.rewritten > best.rewritten >= len(train) / 2
+    assert best.bleu_gain > off.bleu_gain and best.chrf_gain >= off.chrf_gain
