@@ -1,11 +1,12 @@
 """Soak: many clients send ``bpo serve`` a mix of valid and hostile requests for a while.
 
 ``bpo serve`` runs in its own process (the real CLI). Each client loops over the request mix below
-until the time is up, waiting for each answer before it sends the next. Hostile requests are the
-ones a fuzzer or a careless client sends: huge stop sequences, sampling values at the edge of
-floating point, broken or deeply nested JSON, bytes that are not UTF-8, a 1 MB body, a stream left
-after its first event. What counts: no 5xx, and the server's memory after the soak back near what
-it was before (state that grows with what clients send is a leak).
+until the time is up (together the clients send every kind at least once), waiting for each answer
+before it sends the next. Hostile requests are the ones a fuzzer or a careless client sends: huge
+stop sequences, sampling values at the edge of floating point, broken or deeply nested JSON, bytes
+that are not UTF-8, a 1 MB body, a stream left after its first event. What counts: no 5xx, and the
+server's memory after the soak back near what it was before (state that grows with what clients
+send is a leak).
 """
 
 from __future__ import annotations
@@ -136,13 +137,19 @@ class RssSampler:
 
 
 async def _client(
-    url: str, probes: list[Probe], offset: int, until: float, record: Callable[..., None]
+    url: str,
+    probes: list[Probe],
+    offset: int,
+    until: float,
+    record: Callable[..., None],
+    *,
+    at_least: int,
 ) -> None:
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         index = offset
-        while time.monotonic() < until:
+        while time.monotonic() < until or index - offset < at_least:
             probe = probes[index % len(probes)]
             index += 1
             headers = {"content-type": "application/json"} if probe.body is not None else {}
@@ -175,7 +182,10 @@ async def _soak(url: str, clients: int, seconds: float) -> tuple[Counter[str], l
         latencies.append(elapsed)
 
     until = time.monotonic() + seconds
-    await asyncio.gather(*(_client(url, probes, i, until, record) for i in range(clients)))
+    share = -(-len(probes) // clients)  # each client starts at its own share: all kinds are sent
+    await asyncio.gather(
+        *(_client(url, probes, i * share, until, record, at_least=share) for i in range(clients))
+    )
     return statuses, latencies
 
 
