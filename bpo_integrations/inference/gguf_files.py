@@ -73,14 +73,12 @@ def write_merged_gguf(
             the base, whose weights replace the base's (a model fine-tuned in full).
     """
     import gguf
-    import numpy as np
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     reader = gguf.GGUFReader(base)
     facts = read_architecture(base)
-    arch = facts["architecture"]
-    names = gguf.TensorNameMap(_model_arch(arch), facts["block_count"])
+    names = gguf.TensorNameMap(_model_arch(facts["architecture"]), facts["block_count"])
     replaced = _hf_weights(Path(weights_dir), names, facts) if weights_dir is not None else {}
     deltas: dict[str, Callable[[], Any]] = {}
     if adapter is not None:
@@ -95,8 +93,24 @@ def write_merged_gguf(
             f"the adapter {adapter} changes weights the base model {Path(base).name} does not "
             f"have: {', '.join(sorted(unknown)[:3])}"
         )
+    writer = gguf.GGUFWriter(str(out), arch=facts["architecture"])
+    _copy_metadata(reader, writer, precision)
+    _write_tensors(reader, writer, precision, replaced, deltas, untied)
+    if replaced:
+        raise GGUFMergeError(
+            f"{weights_dir} has weights the base model does not: {', '.join(sorted(replaced)[:3])}"
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(out)
 
-    writer = gguf.GGUFWriter(str(out), arch=arch)
+
+def _copy_metadata(reader: Any, writer: Any, precision: Precision) -> None:
+    """Every key of the base GGUF but the reader's own, with the file type of ``precision``."""
+    import gguf
+
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
@@ -106,6 +120,22 @@ def write_merged_gguf(
         kind = field.types[0]
         sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), kind, sub_type=sub)
+
+
+def _write_tensors(
+    reader: Any,
+    writer: Any,
+    precision: Precision,
+    replaced: dict[str, Callable[[], Any]],
+    deltas: dict[str, Callable[[], Any]],
+    untied: Callable[[], Any] | None,
+) -> None:
+    """Add each base tensor to ``writer``: replaced or de-quantized, plus its delta, stored at
+    ``precision``; then the untied output head unless it equals the embeddings. The replacements
+    used are popped from ``replaced``."""
+    import gguf
+    import numpy as np
+
     storage = getattr(gguf.GGMLQuantizationType, precision.upper())
 
     def add(name: str, array: np.ndarray) -> None:
@@ -130,15 +160,6 @@ def write_merged_gguf(
         head = np.asarray(untied(), dtype=np.float32)
         if embeddings is None or not np.array_equal(head, embeddings):
             add("output.weight", head)
-    if replaced:
-        raise GGUFMergeError(
-            f"{weights_dir} has weights the base model does not: {', '.join(sorted(replaced)[:3])}"
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(out)
 
 
 def _model_arch(arch: str) -> Any:
