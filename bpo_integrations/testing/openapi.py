@@ -9,9 +9,15 @@ numeric ``exclusiveMinimum: x`` into its 3.0 document, which Draft 2020-12 reads
 
 Standard library only; ``validator`` imports ``jsonschema`` (a ``dev`` dependency) when called.
 
-Example:
-    >>> import json
-    >>> openapi = json.load(open("../shared/tgi/openapi.json"))
+Example (TGI's document instead: ``openapi = json.load(open("tgi/openapi.json"))``):
+    >>> openapi = {"components": {"schemas": {"GenerateResponse": {
+    ...     "type": "object",
+    ...     "required": ["generated_text"],
+    ...     "properties": {
+    ...         "generated_text": {"type": "string"},
+    ...         "details": {"type": "object", "nullable": True},
+    ...     },
+    ... }}}}
     >>> check = validator(openapi, component("GenerateResponse"))
     >>> check.is_valid({"generated_text": "Hi", "details": None})
     True
