@@ -92,7 +92,7 @@ class _ChatBackend(Backend):
         self.model = model
         self.base_url = base_url.rstrip("/") if base_url else None
         self.timeout = timeout
-        self.max_concurrency = max_concurrency
+        self.max_concurrency: int = max_concurrency
         self._client_kwargs: dict[str, Any] = {
             "api_key": api_key,
             "base_url": self.base_url,
@@ -142,7 +142,10 @@ class _ChatBackend(Backend):
         limits = [t for t in (self.timeout, timeout) if t is not None]
         return min(limits) if limits else None
 
-    def _create_kwargs(self, prompt: str, settings: GenerationSettings, timeout: float | None):
+    def _create_kwargs(
+        self, prompt: str, settings: GenerationSettings, timeout: float | None
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any]
         if self.api == "completions":
             kwargs = {"prompt": self.prompt_text(prompt), **self.completion_kwargs(settings)}
         else:

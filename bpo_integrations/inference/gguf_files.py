@@ -10,6 +10,7 @@ so preparing the default optimizer imports no torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -175,11 +176,12 @@ def _quantizable(array: np.ndarray, storage: Any) -> bool:
     import gguf
 
     block, _ = gguf.GGML_QUANT_SIZES[storage]
-    return array.shape[-1] % block == 0
+    return bool(array.shape[-1] % block == 0)
 
 
 def _gguf_name(names: Any, hf_name: str) -> str | None:
-    return names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    name: str | None = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    return name
 
 
 def _rotary_layout(name: str, array: np.ndarray, facts: dict[str, Any]) -> np.ndarray:
@@ -193,11 +195,12 @@ def _rotary_layout(name: str, array: np.ndarray, facts: dict[str, Any]) -> np.nd
     else:
         return array
     rows = array.shape[0]
-    return (
+    permuted: np.ndarray = (
         array.reshape(heads, 2, rows // heads // 2, *array.shape[1:])
         .swapaxes(1, 2)
         .reshape(array.shape)
     )
+    return permuted
 
 
 def _safetensors(folder: Path, prefix: str = "model") -> Iterator[tuple[str, Callable[[], Any]]]:
@@ -212,9 +215,9 @@ def _safetensors(folder: Path, prefix: str = "model") -> Iterator[tuple[str, Cal
     else:
         raise GGUFMergeError(f"{folder} has no {prefix}.safetensors")
     for file in files:
-        handle = safe_open(str(folder / file), framework="numpy")
+        handle: Any = safe_open(str(folder / file), framework="numpy")
         for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-            yield name, (lambda h=handle, n=name: _as_float32(h, n))
+            yield name, functools.partial(_as_float32, handle, name)
 
 
 def _as_float32(handle: Any, name: str) -> Any:
@@ -235,11 +238,20 @@ def _hf_weights(folder: Path, names: Any, facts: dict[str, Any]) -> dict[str, Ca
         target = _gguf_name(names, hf_name)
         if target is None:
             raise GGUFMergeError(f"{folder}: no GGUF tensor for {hf_name}")
-        weights[target] = lambda load=load, target=target: _rotary_layout(target, load(), facts)
+        weights[target] = functools.partial(_load_in_gguf_layout, target, load, facts)
     return weights
 
 
-def _lora_deltas(adapter: Path, names: Any, facts: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+def _load_in_gguf_layout(name: str, load: Callable[[], Any], facts: dict[str, Any]) -> Any:
+    """The tensor ``load()`` reads, in the row order llama.cpp stores GGUF tensor ``name`` in."""
+    return _rotary_layout(name, load(), facts)
+
+
+def _lora_deltas(
+    adapter: Path, names: Any, facts: dict[str, Any]
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
+    """The ``B @ A * scale`` of each LoRA pair, and the modules the adapter trained in full, by
+    GGUF tensor name (each to load when called)."""
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
         raise GGUFMergeError(f"{adapter} is not a LoRA adapter (no adapter_config.json)")
@@ -258,7 +270,7 @@ def _lora_deltas(adapter: Path, names: Any, facts: dict[str, Any]) -> dict[str, 
             target = _gguf_name(names, hf_name)
             if target is None:
                 raise GGUFMergeError(f"{adapter}: no GGUF tensor for {hf_name}")
-            saved[target] = lambda load=load, target=target: _rotary_layout(target, load(), facts)
+            saved[target] = functools.partial(_load_in_gguf_layout, target, load, facts)
             continue
         module = name.split(f".{parts[0]}.")[0].removeprefix("base_model.model.")
         pairs.setdefault(module, {})[parts[0]] = load

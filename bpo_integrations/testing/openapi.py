@@ -77,7 +77,10 @@ def response_schema(
     media: str = "application/json",
 ) -> dict[str, Any]:
     """The schema ``openapi`` declares for ``method path``'s ``status`` answer as ``media``."""
-    return openapi["paths"][path][method]["responses"][status]["content"][media]["schema"]
+    schema: dict[str, Any] = openapi["paths"][path][method]["responses"][status]["content"][media][
+        "schema"
+    ]
+    return schema
 
 
 def as_openapi_30(node: Any) -> Any:
