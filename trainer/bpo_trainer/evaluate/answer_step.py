@@ -55,10 +55,7 @@ async def answer_step(
             "id": item.id,
             "variant": variant,
             "prompt": text,
-            "answer": reply.text,
-            "finish_reason": reply.finish_reason,
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
+            **reply.answer_fields(),
         }
 
     records = await run.chat_step("answer", run.out / ANSWERS_FILE, jobs, model, params, record)
