@@ -39,3 +39,22 @@ class GuardError(BPOError):
         super().__init__(reason.message(detail))
         self.reason = reason
         self.detail = detail
+
+
+def fallback_reason_of(error: BaseException) -> tuple[FallbackReason, str]:
+    """The fallback reason a failed optimization records for ``error``, and its detail."""
+    import asyncio
+
+    from bpo_integrations.result import FallbackReason
+
+    if isinstance(error, GuardError):
+        return error.reason, error.detail
+    if isinstance(error, OptimizationTimeoutError | asyncio.TimeoutError):
+        return FallbackReason.TIMEOUT, str(error)
+    if isinstance(error, TransientBackendError):
+        return FallbackReason.BACKEND_OVERLOADED, str(error)
+    if isinstance(error, BackendUnavailableError):
+        return FallbackReason.BACKEND_UNAVAILABLE, str(error)
+    if isinstance(error, BackendError):
+        return FallbackReason.BACKEND_ERROR, str(error)
+    return FallbackReason.UNEXPECTED_ERROR, f"{type(error).__name__}: {error}"

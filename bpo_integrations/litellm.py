@@ -103,8 +103,8 @@ class BPOCallback(CustomLogger):
     # -- LiteLLM's hooks --------------------------------------------------------------------------
 
     async def async_pre_call_hook(
-        self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any
-    ) -> dict:
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
         """The proxy's hook: ``data`` is the request body, plus LiteLLM's ``metadata``."""
         if _call_name(call_type) not in _CHAT_CALLS:
             return data

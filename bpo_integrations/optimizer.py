@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import sys
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -14,20 +12,14 @@ from typing import Any, Literal
 from bpo_integrations import _log
 from bpo_integrations._loop import concurrent, run_sync
 from bpo_integrations.backends.base import Backend
+from bpo_integrations.budget import generate_within_budget
 from bpo_integrations.cache import LRUCache
 from bpo_integrations.circuit import CircuitBreaker
-from bpo_integrations.errors import (
-    BackendError,
-    BackendUnavailableError,
-    GuardError,
-    OptimizationTimeoutError,
-    TransientBackendError,
-)
+from bpo_integrations.errors import BackendUnavailableError, GuardError, fallback_reason_of
 from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, Guards
 from bpo_integrations.postprocess import clean_completion
 from bpo_integrations.result import FallbackReason, OptimizationResult
-from bpo_integrations.retry import RetryPolicy
-from bpo_integrations.settings import Generation, GenerationSettings, Mode
+from bpo_integrations.settings import GenerationSettings, Mode
 
 OnError = Literal["fallback", "raise"]
 
@@ -124,8 +116,12 @@ class BPOOptimizer:
         self.on_error: OnError = on_error
         self.max_retries = max_retries
         if guards is None:
-            shipped = isinstance(backend, LocalBackend) and backend.model_id is None
-            guards = DEFAULT_MODEL_GUARDS if shipped and backend.adapter_id is None else Guards()
+            shipped = (
+                isinstance(backend, LocalBackend)
+                and backend.model_id is None
+                and backend.adapter_id is None
+            )
+            guards = DEFAULT_MODEL_GUARDS if shipped else Guards()
         self.guards = guards
         self.cache: LRUCache[OptimizationResult] = LRUCache(cache_size)
         self.max_concurrency = max_concurrency
@@ -383,8 +379,13 @@ class BPOOptimizer:
             if not active:
                 return
             try:
-                generations = await self._generate(
-                    [item.current for item in active], settings, deadline
+                generations = await generate_within_budget(
+                    self.backend,
+                    [item.current for item in active],
+                    settings,
+                    deadline,
+                    max_retries=self.max_retries,
+                    budget_s=self.timeout,
                 )
             except Exception as error:
                 self.circuit.record_failure()
@@ -410,58 +411,13 @@ class BPOOptimizer:
                 item.rounds.append(rewrite)
                 item.current = rewrite
 
-    async def _generate(
-        self, prompts: list[str], settings: GenerationSettings, deadline: float | None
-    ) -> list[Generation]:
-        """One backend call, retried on transient errors while the latency budget allows."""
-        # short, steady waits: the latency budget, not the backoff, bounds a Retry-After
-        policy = RetryPolicy(
-            self.max_retries, initial_wait=0.1, max_backoff=2.0, max_wait=math.inf, jitter=False
-        )
-        return await policy.call(
-            lambda: self._generate_once(prompts, settings, deadline), deadline=deadline
-        )
-
-    async def _generate_once(
-        self, prompts: list[str], settings: GenerationSettings, deadline: float | None
-    ) -> list[Generation]:
-        left = None if deadline is None else deadline - time.perf_counter()
-        if left is not None and left <= 0:
-            raise OptimizationTimeoutError("latency budget spent before the call")
-        call = self.backend.agenerate(prompts, settings, timeout=left)
-        try:
-            if left is None:
-                generations = await call
-            elif sys.version_info >= (3, 11):  # no extra task, unlike wait_for
-                async with asyncio.timeout(left):
-                    generations = await call
-            else:
-                generations = await asyncio.wait_for(call, timeout=left)
-        except OptimizationTimeoutError:
-            raise  # the backend's own, which says more
-        except asyncio.TimeoutError as error:
-            raise OptimizationTimeoutError(
-                f"no answer from the {self.backend.name} backend within {self.timeout}s"
-            ) from error
-        if deadline is not None and time.perf_counter() > deadline:
-            # A backend that blocked the loop (a sync function run inline) could not be cut off.
-            raise OptimizationTimeoutError(
-                f"the {self.backend.name} backend answered after the {self.timeout}s budget"
-            )
-        if len(generations) != len(prompts):
-            raise BackendError(
-                f"{self.backend.name} returned {len(generations)} rewrites "
-                f"for {len(prompts)} prompts"
-            )
-        return generations
-
     def _finish(self, item: _Item, started: float) -> OptimizationResult:
         latency = time.perf_counter() - started
         if item.error is not None or not item.rounds:
             error = item.error or GuardError(FallbackReason.EMPTY_OUTPUT)
             if self.on_error == "raise":
                 raise error
-            kind, detail = _reason(error)
+            kind, detail = fallback_reason_of(error)
             if kind is FallbackReason.UNEXPECTED_ERROR:
                 _log.logger.debug("the %s backend raised", self.backend.name, exc_info=error)
             _log.fallback(self.backend.cache_identity(), self.backend.name, kind, detail)
@@ -496,18 +452,3 @@ class BPOOptimizer:
                 result.optimized,
             )
         return result
-
-
-def _reason(error: BaseException) -> tuple[FallbackReason, str]:
-    """The fallback reason of ``error``: its kind and the detail."""
-    if isinstance(error, GuardError):
-        return error.reason, error.detail
-    if isinstance(error, OptimizationTimeoutError | asyncio.TimeoutError):
-        return FallbackReason.TIMEOUT, str(error)
-    if isinstance(error, TransientBackendError):
-        return FallbackReason.BACKEND_OVERLOADED, str(error)
-    if isinstance(error, BackendUnavailableError):
-        return FallbackReason.BACKEND_UNAVAILABLE, str(error)
-    if isinstance(error, BackendError):
-        return FallbackReason.BACKEND_ERROR, str(error)
-    return FallbackReason.UNEXPECTED_ERROR, f"{type(error).__name__}: {error}"

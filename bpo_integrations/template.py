@@ -16,7 +16,7 @@ def format_bpo_prompt(prompt: str) -> str:
     """Wrap ``prompt`` in the raw BPO template (for TGI ``/generate`` and local generation).
 
     Example:
-        >>> format_bpo_prompt("Tell me about Harry Potter")[-33:]
+        >>> format_bpo_prompt("Tell me about Harry Potter")[-35:]
         '\\nTell me about Harry Potter [/INST]'
     """
     return BPO_TEMPLATE.format(prompt=prompt)

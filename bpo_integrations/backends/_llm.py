@@ -47,7 +47,7 @@ class LLMBackend(Backend):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.chat = chat
-        self.max_concurrency = max_concurrency
+        self.max_concurrency: int = max_concurrency
         self.name = name
         self.prompt_template = prompt_template or (CHAT_TEMPLATE if chat else COMPLETION_TEMPLATE)
 

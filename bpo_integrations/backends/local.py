@@ -97,7 +97,7 @@ class LocalBackend(Backend):
         self.model_id = None if model is None else str(model)
         self.adapter_id = None if adapter is None else str(adapter)
         self.precision: Precision = precision
-        self.max_concurrency = max_batch_size
+        self.max_concurrency: int = max_batch_size
         self.template = template
         self.prefix_caching = prefix_caching
         self.kv_cache_gb = kv_cache_gb
@@ -217,9 +217,8 @@ class LocalBackend(Backend):
         """The model input for one user prompt (see ``template``)."""
         if self.template_kind == "bpo":
             return format_bpo_prompt(prompt)
-        return self.engine.apply_chat_template(
-            [{"role": "user", "content": format_bpo_message(prompt)}]
-        )
+        messages = [{"role": "user", "content": format_bpo_message(prompt)}]
+        return str(self.engine.apply_chat_template(messages))
 
     def generate(
         self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -21,13 +20,7 @@ from typing import Any, Literal
 from bpo_integrations.backends._http import map_in_threads, raise_mapped
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.clients import PerLoopClients, aclose_on_their_loops, close_on_their_loops
-from bpo_integrations.errors import (
-    BackendError,
-    BackendUnavailableError,
-    OptimizationTimeoutError,
-    TransientBackendError,
-)
-from bpo_integrations.retry import TRANSIENT_STATUS, parse_retry_after
+from bpo_integrations.errors import BackendError, OptimizationTimeoutError
 from bpo_integrations.settings import Generation, GenerationSettings
 from bpo_integrations.template import format_bpo_message, format_bpo_prompt
 
@@ -37,6 +30,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the OpenAI backends need openai>=1.40: pip install 'bpo-integrations[openai]'"
     ) from error
+
+# after the check above, which says how to install openai
+from bpo_integrations.backends.openai_errors import map_openai_error
 
 DEFAULT_PROMPT_ENGINEER_INSTRUCTION = (
     "You are an expert prompt engineer. Rewrite the user's prompt, given between <prompt> and "
@@ -52,16 +48,6 @@ DEFAULT_PROMPT_ENGINEER_INSTRUCTION = (
 """The system instruction of :class:`OpenAIPromptEngineerBackend`."""
 
 Api = Literal["completions", "chat"]
-
-_PROBE_TIMEOUT_S = 5.0
-_START_HINT = (
-    "start an OpenAI-compatible server, e.g. `vllm serve THUDM/BPO` (base_url "
-    "'http://localhost:8000/v1') or `bpo serve --port 8000`"
-)
-_LORA_HINT = (
-    "to serve a LoRA adapter under that name start vLLM with `--enable-lora --lora-modules "
-    "{name}=/path/to/adapter` (SGLang: `--enable-lora --lora-paths {name}=/path/to/adapter`)"
-)
 
 
 class _ChatBackend(Backend):
@@ -106,7 +92,7 @@ class _ChatBackend(Backend):
         self.model = model
         self.base_url = base_url.rstrip("/") if base_url else None
         self.timeout = timeout
-        self.max_concurrency = max_concurrency
+        self.max_concurrency: int = max_concurrency
         self._client_kwargs: dict[str, Any] = {
             "api_key": api_key,
             "base_url": self.base_url,
@@ -123,7 +109,8 @@ class _ChatBackend(Backend):
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
     @property
-    def _where(self) -> str:
+    def where(self) -> str:
+        """Where the requests go, as error messages name it."""
         return self.base_url or "the OpenAI API"
 
     @abstractmethod
@@ -151,11 +138,14 @@ class _ChatBackend(Backend):
 
     def _request_timeout(self, timeout: float | None) -> float | None:
         if timeout is not None and timeout <= 0:
-            raise OptimizationTimeoutError(f"latency budget spent before the call to {self._where}")
+            raise OptimizationTimeoutError(f"latency budget spent before the call to {self.where}")
         limits = [t for t in (self.timeout, timeout) if t is not None]
         return min(limits) if limits else None
 
-    def _create_kwargs(self, prompt: str, settings: GenerationSettings, timeout: float | None):
+    def _create_kwargs(
+        self, prompt: str, settings: GenerationSettings, timeout: float | None
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any]
         if self.api == "completions":
             kwargs = {"prompt": self.prompt_text(prompt), **self.completion_kwargs(settings)}
         else:
@@ -171,7 +161,8 @@ class _ChatBackend(Backend):
             return client.completions.create(**kwargs)
         return client.chat.completions.create(**kwargs)
 
-    def _client(self) -> openai.OpenAI:
+    def client(self) -> openai.OpenAI:
+        """The sync client, made on first use."""
         with self._lock:
             if self._sync_client is None:
                 self._sync_client = openai.OpenAI(**self._client_kwargs)
@@ -182,7 +173,7 @@ class _ChatBackend(Backend):
     def generate(
         self, prompts: Sequence[str], settings: GenerationSettings, *, timeout: float | None = None
     ) -> list[Generation]:
-        client = self._client()
+        client = self.client()
         started = time.perf_counter()
 
         def one(prompt: str) -> Generation:
@@ -223,7 +214,7 @@ class _ChatBackend(Backend):
             finish = choice.finish_reason
         except (AttributeError, IndexError, TypeError) as error:
             raise BackendError(
-                f"{self._where} answered a completion without a choice: {completion!r:.200}"
+                f"{self.where} answered a completion without a choice: {completion!r:.200}"
             ) from error
         # vLLM names the stop string that ended a completion in `stop_reason`, SGLang in
         # `matched_stop` (a token id, or None, when the model's end-of-sequence token ended it)
@@ -272,104 +263,7 @@ class _ChatBackend(Backend):
     # -- errors -----------------------------------------------------------------------------
 
     def _map_error(self, error: BaseException, elapsed: float) -> BaseException:
-        where = self._where
-        if isinstance(error, BackendError | OptimizationTimeoutError):
-            return error
-        if isinstance(error, openai.APITimeoutError):
-            return OptimizationTimeoutError(f"no answer from {where} after {elapsed:.2f}s")
-        if isinstance(error, openai.APIConnectionError):
-            cause = error.__cause__ or error
-            if type(cause).__name__ != "ConnectError":
-                return BackendUnavailableError(
-                    f"{where} closed the connection without answering ({cause})"
-                )
-            hint = f": {_START_HINT}" if self.base_url else ""
-            return BackendUnavailableError(
-                f"cannot connect to the chat API at {where} ({cause}){hint}"
-            )
-        if isinstance(error, openai.NotFoundError):
-            return self._not_found(error)
-        if isinstance(error, openai.APIStatusError):
-            status = error.status_code
-            text = f"{where} answered HTTP {status}: {_status_text(error)}"
-            if status in TRANSIENT_STATUS:
-                retry_after = parse_retry_after(error.response.headers.get("retry-after"))
-                return TransientBackendError(text, retry_after=retry_after)
-            if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
-                text += " (pass api_key=... or set OPENAI_API_KEY)"
-            return BackendError(text)
-        if isinstance(error, json.JSONDecodeError | openai.APIResponseValidationError):
-            return BackendError(f"{where} answered malformed JSON: {error}")
-        return BackendError(f"{where} failed: {type(error).__name__}: {error}")
-
-    def _not_found(self, error: openai.NotFoundError) -> BackendError:
-        """Why the server answered 404, asked of the server: the served models, or its kind."""
-        where, route = self._where, "/completions" if self.api == "completions" else "/chat"
-        text = _status_text(error)
-        listing = f"`curl {self.base_url or 'https://api.openai.com/v1'}/models`"
-        if self.base_url is None:
-            return BackendError(
-                f"model {self.model!r} not found at {where} ({text}): list the models with "
-                f"{listing} or openai.OpenAI().models.list(), and pass one as model="
-            )
-        served = self._probe(lambda client: _served_models(client.models.list()))
-        if served is None:
-            info = self._probe(lambda client: client.get("/info", cast_to=object))
-            if isinstance(info, Mapping) and "model_id" in info:
-                return BackendError(
-                    f"{self.base_url} is the root of a TGI server ({info.get('router')}, model "
-                    f"{info.get('model_id')!r}), not an OpenAI base URL: pass "
-                    f"base_url={self.base_url + '/v1'!r} (TGI's OpenAI routes), or use "
-                    f"TGIBackend({self.base_url!r})"
-                )
-            hint = (
-                f"the base URL of vLLM, SGLang and llama.cpp's server ends in /v1: pass "
-                f"base_url={self.base_url + '/v1'!r}"
-                if not self.base_url.endswith("/v1")
-                else "is it an OpenAI-compatible server?"
-            )
-            return BackendError(
-                f"no OpenAI API at {self.base_url} (HTTP 404 on {route}, and on /models): {hint}"
-            )
-        base = [name for name, parent in served if parent is None]
-        loras = [name for name, parent in served if parent is not None]
-        if self.model in base + loras:
-            return BackendError(
-                f"{where} serves {self.model!r} but has no {route} route ({text}): "
-                + (
-                    "pass api='chat' if it offers only the chat API"
-                    if self.api == "completions"
-                    else "pass api='completions'"
-                )
-            )
-        loaded = f"LoRA modules {loras}" if loras else "no LoRA module"
-        return BackendError(
-            f"model {self.model!r} is not served by {where}: it serves {base} and {loaded} "
-            f"({text}). Pass one of them as model=, or, if {self.model!r} is a LoRA adapter, "
-            + _LORA_HINT.format(name=self.model)
-        )
-
-    def _probe(self, request: Any) -> Any:
-        """``request(client)`` with a short timeout; ``None`` if the server cannot answer it."""
-        try:
-            return request(self._client().with_options(timeout=_PROBE_TIMEOUT_S))
-        except (openai.OpenAIError, ValueError, TypeError):
-            return None
-
-
-def _served_models(page: Any) -> list[tuple[str, str | None]]:
-    """``(id, parent)`` of each model a ``/models`` page lists; ``parent`` is the base model of a
-    LoRA module (vLLM, SGLang), ``None`` for a base model."""
-    return [(model.id, getattr(model, "parent", None)) for model in page.data]
-
-
-def _status_text(error: openai.APIStatusError) -> str:
-    body = error.body
-    if isinstance(body, str) and body:
-        return body
-    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
-        return body["message"]
-    return error.message
+        return map_openai_error(self, error, elapsed)
 
 
 class OpenAIBackend(_ChatBackend):

@@ -52,7 +52,7 @@ def _warm_hub_headers() -> None:
     with _headers_warmed:
         if _HEADERS_STARTED:
             return
-        from huggingface_hub.utils import build_hf_headers
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
         thread = threading.Thread(target=build_hf_headers, name="bpo-hf-headers", daemon=True)
         _HEADERS_STARTED.append(thread)
@@ -128,7 +128,7 @@ class TGIBackend(Backend):
         self.token = token
         self.headers = dict(headers or {})
         self.timeout = timeout
-        self.max_concurrency = max_concurrency
+        self.max_concurrency: int = max_concurrency
         self._async_clients = self._new_async_clients()
         _warm_hub_headers()
 
@@ -312,6 +312,5 @@ def _error_text(response: Any) -> str | None:
         body = response.json()
     except Exception:
         return None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None

@@ -50,15 +50,11 @@ def proxy(
     upstream: Annotated[str, _option("upstream")],
     upstream_api_key: Annotated[str | None, _option("upstream_api_key")] = None,
     api_key: Annotated[str | None, _option("api_key")] = None,
-    host: Annotated[str, _option("host")] = _FIELDS["host"].default,
-    port: Annotated[int, _option("port")] = _FIELDS["port"].default,
+    host: Annotated[str, _option("host")] = ProxyConfig.host,
+    port: Annotated[int, _option("port")] = ProxyConfig.port,
     skip_models: Annotated[list[str] | None, _option("skip_models")] = None,
-    upstream_timeout: Annotated[float, _option("upstream_timeout")] = _FIELDS[
-        "upstream_timeout"
-    ].default,
-    max_connections: Annotated[int, _option("max_connections")] = _FIELDS[
-        "max_connections"
-    ].default,
+    upstream_timeout: Annotated[float, _option("upstream_timeout")] = ProxyConfig.upstream_timeout,
+    max_connections: Annotated[int, _option("max_connections")] = ProxyConfig.max_connections,
     backend: Annotated[
         BackendKind, typer.Option(envvar=_env("backend"), help="Where the optimizer runs.")
     ] = BackendKind.local,

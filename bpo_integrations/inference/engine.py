@@ -86,8 +86,8 @@ def split_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
             if text.endswith(stop[:size]):
                 best = max(best, (size, stop), key=lambda pair: pair[0])
                 break
-    size, stop = best
-    return (text[: len(text) - size] if size else text), stop
+    size, partial = best
+    return (text[: len(text) - size] if size else text), partial
 
 
 class EngineClosedError(RuntimeError):

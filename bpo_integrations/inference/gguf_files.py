@@ -10,6 +10,7 @@ so preparing the default optimizer imports no torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -73,14 +74,12 @@ def write_merged_gguf(
             the base, whose weights replace the base's (a model fine-tuned in full).
     """
     import gguf
-    import numpy as np
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     reader = gguf.GGUFReader(base)
     facts = read_architecture(base)
-    arch = facts["architecture"]
-    names = gguf.TensorNameMap(_model_arch(arch), facts["block_count"])
+    names = gguf.TensorNameMap(_model_arch(facts["architecture"]), facts["block_count"])
     replaced = _hf_weights(Path(weights_dir), names, facts) if weights_dir is not None else {}
     deltas: dict[str, Callable[[], Any]] = {}
     if adapter is not None:
@@ -95,8 +94,24 @@ def write_merged_gguf(
             f"the adapter {adapter} changes weights the base model {Path(base).name} does not "
             f"have: {', '.join(sorted(unknown)[:3])}"
         )
+    writer = gguf.GGUFWriter(str(out), arch=facts["architecture"])
+    _copy_metadata(reader, writer, precision)
+    _write_tensors(reader, writer, precision, replaced, deltas, untied)
+    if replaced:
+        raise GGUFMergeError(
+            f"{weights_dir} has weights the base model does not: {', '.join(sorted(replaced)[:3])}"
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(out)
 
-    writer = gguf.GGUFWriter(str(out), arch=arch)
+
+def _copy_metadata(reader: Any, writer: Any, precision: Precision) -> None:
+    """Every key of the base GGUF but the reader's own, with the file type of ``precision``."""
+    import gguf
+
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
@@ -106,6 +121,22 @@ def write_merged_gguf(
         kind = field.types[0]
         sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), kind, sub_type=sub)
+
+
+def _write_tensors(
+    reader: Any,
+    writer: Any,
+    precision: Precision,
+    replaced: dict[str, Callable[[], Any]],
+    deltas: dict[str, Callable[[], Any]],
+    untied: Callable[[], Any] | None,
+) -> None:
+    """Add each base tensor to ``writer``: replaced or de-quantized, plus its delta, stored at
+    ``precision``; then the untied output head unless it equals the embeddings. The replacements
+    used are popped from ``replaced``."""
+    import gguf
+    import numpy as np
+
     storage = getattr(gguf.GGMLQuantizationType, precision.upper())
 
     def add(name: str, array: np.ndarray) -> None:
@@ -130,15 +161,6 @@ def write_merged_gguf(
         head = np.asarray(untied(), dtype=np.float32)
         if embeddings is None or not np.array_equal(head, embeddings):
             add("output.weight", head)
-    if replaced:
-        raise GGUFMergeError(
-            f"{weights_dir} has weights the base model does not: {', '.join(sorted(replaced)[:3])}"
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(out)
 
 
 def _model_arch(arch: str) -> Any:
@@ -154,11 +176,12 @@ def _quantizable(array: np.ndarray, storage: Any) -> bool:
     import gguf
 
     block, _ = gguf.GGML_QUANT_SIZES[storage]
-    return array.shape[-1] % block == 0
+    return bool(array.shape[-1] % block == 0)
 
 
 def _gguf_name(names: Any, hf_name: str) -> str | None:
-    return names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    name: str | None = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    return name
 
 
 def _rotary_layout(name: str, array: np.ndarray, facts: dict[str, Any]) -> np.ndarray:
@@ -172,11 +195,12 @@ def _rotary_layout(name: str, array: np.ndarray, facts: dict[str, Any]) -> np.nd
     else:
         return array
     rows = array.shape[0]
-    return (
+    permuted: np.ndarray = (
         array.reshape(heads, 2, rows // heads // 2, *array.shape[1:])
         .swapaxes(1, 2)
         .reshape(array.shape)
     )
+    return permuted
 
 
 def _safetensors(folder: Path, prefix: str = "model") -> Iterator[tuple[str, Callable[[], Any]]]:
@@ -191,9 +215,9 @@ def _safetensors(folder: Path, prefix: str = "model") -> Iterator[tuple[str, Cal
     else:
         raise GGUFMergeError(f"{folder} has no {prefix}.safetensors")
     for file in files:
-        handle = safe_open(str(folder / file), framework="numpy")
+        handle: Any = safe_open(str(folder / file), framework="numpy")
         for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-            yield name, (lambda h=handle, n=name: _as_float32(h, n))
+            yield name, functools.partial(_as_float32, handle, name)
 
 
 def _as_float32(handle: Any, name: str) -> Any:
@@ -214,11 +238,20 @@ def _hf_weights(folder: Path, names: Any, facts: dict[str, Any]) -> dict[str, Ca
         target = _gguf_name(names, hf_name)
         if target is None:
             raise GGUFMergeError(f"{folder}: no GGUF tensor for {hf_name}")
-        weights[target] = lambda load=load, target=target: _rotary_layout(target, load(), facts)
+        weights[target] = functools.partial(_load_in_gguf_layout, target, load, facts)
     return weights
 
 
-def _lora_deltas(adapter: Path, names: Any, facts: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+def _load_in_gguf_layout(name: str, load: Callable[[], Any], facts: dict[str, Any]) -> Any:
+    """The tensor ``load()`` reads, in the row order llama.cpp stores GGUF tensor ``name`` in."""
+    return _rotary_layout(name, load(), facts)
+
+
+def _lora_deltas(
+    adapter: Path, names: Any, facts: dict[str, Any]
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
+    """The ``B @ A * scale`` of each LoRA pair, and the modules the adapter trained in full, by
+    GGUF tensor name (each to load when called)."""
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
         raise GGUFMergeError(f"{adapter} is not a LoRA adapter (no adapter_config.json)")
@@ -237,7 +270,7 @@ def _lora_deltas(adapter: Path, names: Any, facts: dict[str, Any]) -> dict[str, 
             target = _gguf_name(names, hf_name)
             if target is None:
                 raise GGUFMergeError(f"{adapter}: no GGUF tensor for {hf_name}")
-            saved[target] = lambda load=load, target=target: _rotary_layout(target, load(), facts)
+            saved[target] = functools.partial(_load_in_gguf_layout, target, load, facts)
             continue
         module = name.split(f".{parts[0]}.")[0].removeprefix("base_model.model.")
         pairs.setdefault(module, {})[parts[0]] = load

@@ -17,7 +17,7 @@ import secrets
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bpo_integrations.inference.engine import (
     Completion,
@@ -160,6 +160,7 @@ class OpenVINOEngine:
         running: dict[EngineRequest, _Running] = {}
         closing = False
         while not closing:
+            item: tuple[EngineRequest, list[int], SamplingParams] | Literal[False] | None
             try:
                 item = self._inbox.get(block=not running)
             except queue.Empty:

@@ -272,7 +272,7 @@ def _is_plain_conversion(folder: Path) -> bool:
         record = json.loads((folder / CONVERSION_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return record.get("weights", "source") == "source"
+    return bool(record.get("weights", "source") == "source")
 
 
 def _trained_raw(folder: Path | None) -> bool:

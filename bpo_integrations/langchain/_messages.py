@@ -76,7 +76,8 @@ def element_with_text(element: Any, text: str) -> Any:
         return text
     if isinstance(element, tuple | list) and len(element) == 2:
         role, content = element
-        return type(element)((role, replace_content_text(content, text)))
+        pair_type: Any = type(element)  # a tuple stays a tuple, a list a list
+        return pair_type((role, replace_content_text(content, text)))
     if isinstance(element, dict) and "content" in element:
         return {**element, "content": replace_content_text(element["content"], text)}
     raise TypeError(f"cannot replace the text of a {type(element).__name__} message")

@@ -8,9 +8,9 @@ changes what the user said.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from langchain.agents.middleware.types import (
     AgentMiddleware,
@@ -70,7 +70,7 @@ class BPOMiddleware(AgentMiddleware[BPOState[ResponseT], ContextT, ResponseT]):
         ['Capital of France? Name the river too.']
     """
 
-    state_schema = BPOState  # type: ignore[assignment]
+    state_schema = BPOState
 
     def __init__(
         self,
@@ -154,7 +154,7 @@ class BPOMiddleware(AgentMiddleware[BPOState[ResponseT], ContextT, ResponseT]):
         return await handler(self._with_optimized_turns(request))
 
     def _with_optimized_turns(self, request: ModelRequest[ContextT]) -> ModelRequest[ContextT]:
-        records: dict[str, dict[str, Any]] = request.state.get(STATE_KEY) or {}
+        records = _records(request.state)
         if not records:
             return request
         indices = human_indices(request.messages)
@@ -166,7 +166,7 @@ class BPOMiddleware(AgentMiddleware[BPOState[ResponseT], ContextT, ResponseT]):
             message = messages[index]
             record = records.get(_turn_key(message))
             if record is not None and record["original"] == message_text(message):
-                messages[index] = with_text(message, record["optimized"])
+                messages[index] = cast(AnyMessage, with_text(message, record["optimized"]))
                 changed = changed or messages[index] is not message
         return request.override(messages=messages) if changed else request
 
@@ -184,11 +184,16 @@ def _pending_turn(state: BPOState[Any]) -> tuple[str, str] | None:
         return None
     message = messages[turns[-1]]
     text = message_text(message) or ""
-    record = (state.get(STATE_KEY) or {}).get(_turn_key(message))
+    record = _records(state).get(_turn_key(message))
     if record is not None and record["original"] == text:
         return None
     return _turn_key(message), text
 
 
 def _record(state: BPOState[Any], key: str, result: OptimizationResult) -> dict[str, Any]:
-    return {STATE_KEY: {**(state.get(STATE_KEY) or {}), key: result.to_dict()}}
+    return {STATE_KEY: {**_records(state), key: result.to_dict()}}
+
+
+def _records(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The optimizations a state holds, by turn key."""
+    return cast(dict[str, dict[str, Any]], state.get(STATE_KEY) or {})

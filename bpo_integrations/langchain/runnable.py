@@ -151,7 +151,8 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
     def __init__(self, optimizer: Any = None, **kwargs: Any) -> None:
         """``optimizer``: a :class:`BPOOptimizer`, a backend, a LangChain or LlamaIndex LLM
         (see :meth:`BPOOptimizer.from_llm`), or nothing: the embedded default model."""
-        super().__init__(optimizer=as_optimizer(optimizer, "BPORunnable"), **kwargs)
+        fields = {"optimizer": as_optimizer(optimizer, "BPORunnable"), **kwargs}
+        super().__init__(**fields)
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -169,12 +170,18 @@ class BPORunnable(RunnableSerializable[BPOInput, BPOInput]):
     # -- public API ---------------------------------------------------------------------------
 
     def invoke(self, input: BPOInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._call_with_config(_invoke, input, config, step=self)
+        # langchain passes `step` on by name, which its Callable type cannot say
+        return self._call_with_config(_invoke, input, config, step=self)  # type: ignore[arg-type]
 
     async def ainvoke(
         self, input: BPOInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Any:
-        return await self._acall_with_config(_ainvoke, input, config, step=self)
+        return await self._acall_with_config(
+            _ainvoke,  # type: ignore[arg-type]
+            input,
+            config,
+            step=self,
+        )
 
     def batch(
         self,

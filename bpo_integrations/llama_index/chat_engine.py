@@ -12,7 +12,7 @@ newest user turn read from memory (simple engine).
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.chat_engine import (
@@ -25,8 +25,8 @@ from llama_index.core.chat_engine.types import (
     BaseChatEngine,
     StreamingAgentChatResponse,
 )
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.events.base import BaseEvent
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.memory import BaseMemory
 from llama_index.core.schema import QueryBundle
 
@@ -144,7 +144,8 @@ class BPOChatEngine(BaseChatEngine):
         result = self._record(self.optimizer.optimize(message, **self._options()))
         token = _TURN.set(result)
         try:
-            return self.chat_engine.stream_chat(message, chat_history, **kwargs)
+            streamed = self.chat_engine.stream_chat(message, chat_history, **kwargs)
+            return cast(StreamingAgentChatResponse, streamed)
         finally:
             _TURN.reset(token)
 
@@ -165,7 +166,8 @@ class BPOChatEngine(BaseChatEngine):
         result = self._record(await self.optimizer.aoptimize(message, **self._options()))
         token = _TURN.set(result)
         try:
-            return await self.chat_engine.astream_chat(message, chat_history, **kwargs)
+            streamed = await self.chat_engine.astream_chat(message, chat_history, **kwargs)
+            return cast(StreamingAgentChatResponse, streamed)
         finally:
             _TURN.reset(token)
 

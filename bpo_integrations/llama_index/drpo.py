@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.chat_engine.types import AgentChatResponse, StreamingAgentChatResponse
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.events.base import BaseEvent
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.llm import LLM
 from llama_index.core.memory import BaseMemory, Memory
 from llama_index.core.settings import Settings
@@ -199,22 +199,23 @@ class DRPOChatEngine(SimpleChatEngine):
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> AgentChatResponse:
         self._prefix_messages = self.builder.prefix(message)
-        return super().chat(message, chat_history)
+        return cast(AgentChatResponse, super().chat(message, chat_history))
 
     def stream_chat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> StreamingAgentChatResponse:
         self._prefix_messages = self.builder.prefix(message)
-        return super().stream_chat(message, chat_history)
+        return cast(StreamingAgentChatResponse, super().stream_chat(message, chat_history))
 
     async def achat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> AgentChatResponse:
         self._prefix_messages = await self.builder.aprefix(message)
-        return await super().achat(message, chat_history)
+        return cast(AgentChatResponse, await super().achat(message, chat_history))
 
     async def astream_chat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> StreamingAgentChatResponse:
         self._prefix_messages = await self.builder.aprefix(message)
-        return await super().astream_chat(message, chat_history)
+        answer = await super().astream_chat(message, chat_history)
+        return cast(StreamingAgentChatResponse, answer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import cast
 
 from llama_index.core.base.response.schema import RESPONSE_TYPE
 from llama_index.core.query_engine import TransformQueryEngine
@@ -56,7 +57,7 @@ class BPOTransformQueryEngine(TransformQueryEngine):
         aretrieve = getattr(self._query_engine, "aretrieve", None)
         if aretrieve is None:
             return await asyncio.to_thread(self._query_engine.retrieve, transformed)
-        return await aretrieve(transformed)
+        return cast(list[NodeWithScore], await aretrieve(transformed))
 
     def synthesize(
         self,
@@ -96,7 +97,7 @@ class BPOTransformQueryEngine(TransformQueryEngine):
     async def _atransform(self, query_bundle: QueryBundle) -> QueryBundle:
         arun = getattr(self._query_transform, "arun", None)
         if arun is not None:
-            return await arun(query_bundle, metadata=self._transform_metadata)
+            return cast(QueryBundle, await arun(query_bundle, metadata=self._transform_metadata))
         return await asyncio.to_thread(self._transform, query_bundle)
 
 

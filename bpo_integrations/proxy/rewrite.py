@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import json.decoder
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -221,8 +222,10 @@ def splice(raw: bytes, target: Target, rewrite: str) -> bytes:
         return dump_body(target.apply(rewrite))
 
 
-_WHITESPACE = json.decoder.WHITESPACE
-_scan = json.JSONDecoder().scan_once
+# json's own scanners (undocumented, so untyped): they read a value in place, at an offset
+_WHITESPACE: re.Pattern[str] = json.decoder.WHITESPACE  # type: ignore[attr-defined]
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def string_span(text: str, path: Sequence[str | int]) -> tuple[int, int] | None:
@@ -247,14 +250,15 @@ def string_span(text: str, path: Sequence[str | int]) -> tuple[int, int] | None:
             index = found
         if text[index : index + 1] != '"':
             return None
-        _, end = json.decoder.scanstring(text, index + 1)
+        _, end = _scanstring(text, index + 1)
     except (StopIteration, ValueError):
         return None
     return index, end
 
 
 def _skip_whitespace(text: str, index: int) -> int:
-    return _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
+    match = _WHITESPACE.match(text, index)
+    return index if match is None else match.end()  # it matches the empty string too
 
 
 def _member(text: str, index: int, key: str) -> int | None:
@@ -264,7 +268,7 @@ def _member(text: str, index: int, key: str) -> int | None:
     index = _skip_whitespace(text, index + 1)
     found = None
     while text[index : index + 1] == '"':
-        name, index = json.decoder.scanstring(text, index + 1)
+        name, index = _scanstring(text, index + 1)
         index = _skip_whitespace(text, index)
         if text[index : index + 1] != ":":
             return None

@@ -9,9 +9,15 @@ numeric ``exclusiveMinimum: x`` into its 3.0 document, which Draft 2020-12 reads
 
 Standard library only; ``validator`` imports ``jsonschema`` (a ``dev`` dependency) when called.
 
-Example:
-    >>> import json
-    >>> openapi = json.load(open("../shared/tgi/openapi.json"))
+Example (TGI's document instead: ``openapi = json.load(open("tgi/openapi.json"))``):
+    >>> openapi = {"components": {"schemas": {"GenerateResponse": {
+    ...     "type": "object",
+    ...     "required": ["generated_text"],
+    ...     "properties": {
+    ...         "generated_text": {"type": "string"},
+    ...         "details": {"type": "object", "nullable": True},
+    ...     },
+    ... }}}}
     >>> check = validator(openapi, component("GenerateResponse"))
     >>> check.is_valid({"generated_text": "Hi", "details": None})
     True
@@ -71,7 +77,10 @@ def response_schema(
     media: str = "application/json",
 ) -> dict[str, Any]:
     """The schema ``openapi`` declares for ``method path``'s ``status`` answer as ``media``."""
-    return openapi["paths"][path][method]["responses"][status]["content"][media]["schema"]
+    schema: dict[str, Any] = openapi["paths"][path][method]["responses"][status]["content"][media][
+        "schema"
+    ]
+    return schema
 
 
 def as_openapi_30(node: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 import subprocess
 import sys
@@ -384,11 +383,6 @@ def test_declared_types_give_a_real_input_schema(bpo: BPORunnable) -> None:
     assert len(schema["anyOf"]) == 5
     assert bpo.get_output_schema().model_json_schema()["anyOf"] == schema["anyOf"]
     assert isinstance(bpo.invoke(ChatPromptValue(messages=[HumanMessage("x")])), ChatPromptValue)
-
-
-def test_docstring_example_runs() -> None:
-    result = doctest.testmod(runnable_module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_runnable_does_not_need_the_langchain_agents_package() -> None:

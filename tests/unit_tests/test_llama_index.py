@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import doctest
 import re
 import subprocess
 import sys
@@ -381,13 +380,6 @@ def test_bad_arguments_name_the_fix() -> None:
 
 
 # -- docs, examples, imports ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("module", [query_transform_module, query_engine_module])
-def test_docstring_examples_run(module: Any) -> None:
-    result = doctest.testmod(module)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ rewrite, retrieval and the condense step see the user's words, memory keeps them
 from __future__ import annotations
 
 import asyncio
-import doctest
 import re
 import subprocess
 import sys
@@ -39,7 +38,6 @@ from bpo_integrations import BPOOptimizer
 from bpo_integrations.backends import CallableBackend
 from bpo_integrations.errors import BackendUnavailableError
 from bpo_integrations.llama_index import BPOChatEngine, BPOChatMessageOptimizedEvent
-from bpo_integrations.llama_index import chat_engine as chat_engine_module
 
 VOCAB = ["cats", "purr", "dogs", "bark", "python", "programming"]
 DOCS = {
@@ -338,12 +336,6 @@ def test_concurrent_conversations_each_see_their_own_rewrite(
     for prompt in llm.prompts:
         asked = by_answer[f"Answer {llm.prompts.index(prompt) + 1}."]
         assert prompt.rstrip().endswith(f"user: {asked}{ADVICE}\nassistant:")
-
-
-def test_docstring_example_runs() -> None:
-    result = doctest.testmod(chat_engine_module)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 def test_role_of_the_stored_turns(index: VectorStoreIndex, llm: RecordingLLM) -> None:

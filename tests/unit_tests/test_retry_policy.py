@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import doctest
-import importlib
 import itertools
 import time
 
@@ -73,12 +71,3 @@ def test_the_optimizer_records_the_reason_and_detail_apart() -> None:
     assert "fallback_detail" not in record
     plain = OptimizationResult("a", "b", "x", 0.1)
     assert plain.to_dict()["fallback_reason"] is None and plain.fallback_message is None
-
-
-@pytest.mark.parametrize(
-    "module",
-    ["bpo_integrations.retry", "bpo_integrations.result", "bpo_integrations.backends.factory"],
-)
-def test_docstring_examples_run(module: str) -> None:
-    results = doctest.testmod(importlib.import_module(module))
-    assert results.attempted > 0 and results.failed == 0

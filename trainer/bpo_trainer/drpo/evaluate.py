@@ -314,10 +314,7 @@ async def _answer_step(
             "variant": variant,
             "prompt": item.prompt.prompt,
             "examples": sum(1 for m in job.messages if m["role"] == "assistant"),
-            "answer": reply.text,
-            "finish_reason": reply.finish_reason,
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
+            **reply.answer_fields(),
         }
 
     records = await run.chat_step("answer", run.out / ANSWERS_FILE, jobs, model, params, record)

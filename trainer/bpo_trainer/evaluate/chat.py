@@ -46,6 +46,15 @@ class ChatReply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
+    def answer_fields(self) -> dict[str, Any]:
+        """The fields of an answer record: the answer, why it ended, and its tokens."""
+        return {
+            "answer": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
 
 async def _close(client: Any) -> None:
     await client.close()

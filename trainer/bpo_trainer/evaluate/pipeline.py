@@ -14,36 +14,43 @@ after a power loss the last records may be missing, and the next run makes those
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bpo_integrations.jsonl import JsonlWriter
-from bpo_integrations.template import join_context
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
-from bpo_trainer.evaluate.chat import ChatModel, SamplingParams, build_chat_model
-from bpo_trainer.evaluate.config import EvalConfig, settings_hash
-from bpo_trainer.evaluate.judge import JudgePrompt, get_judge_prompt
-from bpo_trainer.evaluate.runtime import (
-    CallLimiter,
-    RunState,
-    Usage,
-    records_by_key,
-    run_blocking,
+from bpo_trainer.evaluate.answer_step import ANSWERS_FILE, answer_step
+from bpo_trainer.evaluate.chat import ChatModel
+from bpo_trainer.evaluate.config import EvalConfig
+from bpo_trainer.evaluate.judge_step import JUDGMENTS_FILE, judge_step
+from bpo_trainer.evaluate.optimize_step import OPTIMIZED_FILE, Optimized, optimize_step
+from bpo_trainer.evaluate.outcomes import (
+    combine_orders,
+    optimized_position,
+    outcome_for_optimized,
+    pair_outcomes,
 )
+from bpo_trainer.evaluate.runtime import RunState, chat_models, progress_bar, run_blocking
 from bpo_trainer.evaluate.testsets import EvalPrompt, load_testset, sample_prompts
-from bpo_trainer.records import read_records
 
 if TYPE_CHECKING:
-    from bpo_integrations import BPOOptimizer, OptimizationResult
+    from bpo_integrations import BPOOptimizer
 
-OPTIMIZED_FILE = "optimized.jsonl"
-ANSWERS_FILE = "answers.jsonl"
-JUDGMENTS_FILE = "judgments.jsonl"
+__all__ = [
+    "ANSWERS_FILE",
+    "JUDGMENTS_FILE",
+    "OPTIMIZED_FILE",
+    "STEPS",
+    "EvalResult",
+    "arun_eval",
+    "combine_orders",
+    "load_eval_prompts",
+    "optimized_position",
+    "outcome_for_optimized",
+    "pair_outcomes",
+    "run_eval",
+]
+
 STEPS = ("optimize", "answer", "judge")
 
 
@@ -78,465 +85,6 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def optimized_position(seed: int, testset: str, item_id: str, round_index: int) -> str:
-    """The seeded draw of where the optimized prompt's answer is shown to the judge: ``"A"`` or
-    ``"B"``. Stable across runs and machines (a hash, not the process's random state)."""
-    digest = hashlib.sha256(f"{seed}|{testset}|{item_id}|{round_index}".encode()).digest()
-    return "A" if digest[0] & 1 == 0 else "B"
-
-
-def outcome_for_optimized(winner: str | None, position: str) -> str:
-    """``win``/``lose``/``tie`` of the optimized prompt's answer, ``invalid`` if unparsed."""
-    if winner is None:
-        return "invalid"
-    if winner == "tie":
-        return "tie"
-    return "win" if winner == position else "lose"
-
-
-def combine_orders(first: str, second: str) -> str:
-    """The outcome of a pair judged in both orders: the agreed one, ``invalid`` if either is,
-    ``inconsistent`` (reported, and counted as a tie) when the two disagree."""
-    if "invalid" in (first, second):
-        return "invalid"
-    return first if first == second else "inconsistent"
-
-
-# -- step 1: optimize --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Optimized:
-    rounds: tuple[str, ...]
-    """The prompt the answering model gets for each round (context joined where it applies)."""
-    fell_back: bool = False
-
-
-def _build_optimizer(config: EvalConfig) -> BPOOptimizer:
-    from bpo_integrations import BPOOptimizer
-    from bpo_integrations.backends import create
-
-    remote = config.optimizer != "local"
-    backend = create(
-        config.optimizer,
-        endpoint=config.optimizer_url if remote else None,
-        model=None if config.optimizer == "tgi" else config.optimizer_model,
-        timeout=config.optimizer_timeout if remote else None,
-    )
-    return BPOOptimizer(
-        backend,
-        mode=config.optimizer_mode,  # type: ignore[arg-type]
-        timeout=config.optimizer_timeout,
-        max_retries=config.max_retries,
-        max_concurrency=config.concurrency,
-    )
-
-
-def _optimizer_identity(config: EvalConfig, optimizer: BPOOptimizer | None) -> Hashable:
-    if config.optimizer == "file":
-        digest = hashlib.sha256(Path(config.optimized_file or "").read_bytes()).hexdigest()
-        return ("file", digest)
-    if config.optimizer == "none":
-        return ("none",)
-    if config.engine != "backend" and optimizer is None:
-        from bpo_trainer.evaluate.engine_step import engine_identity
-
-        return engine_identity(config)
-    if optimizer is not None:
-        return (
-            "custom",
-            config.optimizer_model or optimizer.backend.name,
-            optimizer.settings.cache_key(),
-        )
-    return (config.optimizer, config.optimizer_url, config.optimizer_model, config.optimizer_mode)
-
-
-def _round_prompts(config: EvalConfig, item: EvalPrompt, rewrites: Sequence[str]) -> list[str]:
-    if config.context_mode == "separate":
-        return [join_context(r, item.context).strip() for r in rewrites]
-    return [r.strip() for r in rewrites]
-
-
-def _load_optimized_file(config: EvalConfig, items: Sequence[EvalPrompt]) -> dict[str, list[str]]:
-    path = Path(config.optimized_file or "")
-    try:
-        records = read_records(path)
-    except (FileNotFoundError, ValueError) as error:
-        raise TrainerConfigError(f"optimized_file: {error}") from error
-    by_id: dict[tuple[str | None, str], list[str]] = {}
-    by_prompt: dict[str, list[str]] = {}
-    for number, record in enumerate(records, start=1):
-        rounds = record.get("rounds")
-        if rounds is None:
-            text = record.get("optimized_prompt", record.get("optimized"))
-            rounds = [text] if text is not None else None
-        if not rounds or not all(isinstance(r, str) and r.strip() for r in rounds):
-            raise TrainerConfigError(
-                f"{path} record {number}: no optimized prompt; give 'optimized_prompt', "
-                "'optimized' or 'rounds' (a list of non-empty strings)"
-            )
-        raw_id = next((record[f] for f in ("id", "idx", "question_id") if f in record), None)
-        if raw_id is not None:
-            by_id[(record.get("testset"), str(raw_id))] = list(rounds)
-        original = record.get("prompt", record.get("text"))
-        if original is None and "instruction" in record:
-            original = join_context(record["instruction"], record.get("context")).strip()
-        if isinstance(original, str):
-            by_prompt[original.strip()] = list(rounds)
-    found: dict[str, list[str]] = {}
-    missing = []
-    for item in items:
-        rounds = (
-            by_id.get((item.testset, item.id))
-            or by_id.get((None, item.id))
-            or by_prompt.get(item.prompt)
-        )
-        if rounds is None:
-            missing.append(f"{item.testset}/{item.id}")
-            continue
-        if len(rounds) < config.rounds:
-            raise TrainerConfigError(
-                f"{path}: {item.testset}/{item.id} has {len(rounds)} optimized round(s) but "
-                f"rounds={config.rounds}; lower rounds or add the 'rounds' list"
-            )
-        found[_item_key(item)] = rounds[: config.rounds]
-    if missing:
-        raise TrainerConfigError(
-            f"{path} has no optimized prompt for {len(missing)} test prompt(s), e.g. {missing[0]}: "
-            "match them by 'id' (+ 'testset') or by the original 'prompt'"
-        )
-    return found
-
-
-def _item_key(item: EvalPrompt) -> str:
-    return f"{item.testset}\x1f{item.id}"
-
-
-async def _optimize_step(
-    run: RunState[EvalConfig], items: Sequence[EvalPrompt], optimizer: BPOOptimizer | None
-) -> dict[str, _Optimized]:
-    config = run.config
-    step_hash = settings_hash(
-        "optimize",
-        _optimizer_identity(config, optimizer),
-        config.rounds,
-        config.context_mode,
-    )
-    path = run.out / OPTIMIZED_FILE
-    done = records_by_key(path)
-    keys = {
-        _item_key(item): settings_hash(step_hash, item.testset, item.id, item.prompt)
-        for item in items
-    }
-    results: dict[str, _Optimized] = {}
-    todo = []
-    for item in items:
-        record = done.get(keys[_item_key(item)])
-        if record is not None:
-            results[_item_key(item)] = _Optimized(
-                tuple(record["round_prompts"]), record["fell_back"]
-            )
-        else:
-            todo.append(item)
-    if not todo:
-        return results
-
-    def record_for(item: EvalPrompt, rewrites: list[str], **extra: Any) -> dict[str, Any]:
-        return {
-            "key": keys[_item_key(item)],
-            "testset": item.testset,
-            "id": item.id,
-            "original": item.prompt,
-            "rounds": rewrites,
-            "round_prompts": _round_prompts(config, item, rewrites),
-            **extra,
-        }
-
-    with JsonlWriter(path, fsync=False) as writer:
-        if config.optimizer in ("file", "none"):
-            from_file = _load_optimized_file(config, todo) if config.optimizer == "file" else {}
-            for item in todo:
-                if config.optimizer == "none":
-                    source = item.prompt if config.context_mode == "inline" else item.instruction
-                    rewrites = [source] * config.rounds
-                else:
-                    rewrites = from_file[_item_key(item)]
-                record = record_for(item, rewrites, fell_back=False)
-                writer.write(record)
-                results[_item_key(item)] = _Optimized(tuple(record["round_prompts"]))
-            return results
-
-        inline = config.context_mode == "inline"
-
-        def finish(item: EvalPrompt, source: str, result: OptimizationResult) -> None:
-            run.new_calls["optimize"] += 1
-            reason = result.fallback_reason
-            if result.fell_back and reason is not None and reason.is_backend_failure:
-                run.fail("optimize", RuntimeError(result.fallback_message))
-                return
-            rewrites = list(result.rounds) or [source]
-            completed = len(result.rounds)
-            rewrites += [rewrites[-1]] * (config.rounds - len(rewrites))
-            record = record_for(
-                item,
-                rewrites,
-                fell_back=result.fell_back,
-                fallback_reason=result.fallback_message,
-                rounds_completed=completed,
-                latency_s=round(result.latency_s, 4),
-            )
-            writer.write(record)
-            results[_item_key(item)] = _Optimized(tuple(record["round_prompts"]), result.fell_back)
-
-        if config.engine != "backend":
-            from bpo_trainer.evaluate.engine_step import optimize_on_engine
-
-            optimize_on_engine(run, todo, optimizer, finish)
-            return results
-
-        owned = optimizer is None
-        optimizer = optimizer or _build_optimizer(config)
-        limiter = CallLimiter(config.concurrency, config.requests_per_second)
-        try:
-            with run.progress_task("optimize", len(todo)) as advance:
-
-                async def one(item: EvalPrompt) -> None:
-                    source = item.prompt if inline else item.instruction
-                    try:
-                        result = await run.call(
-                            limiter,
-                            lambda: optimizer.aoptimize(
-                                source,
-                                context=None if inline else item.context,
-                                iterations=config.rounds,
-                            ),
-                        )
-                    except Exception as error:
-                        run.fail("optimize", error)
-                        return
-                    finally:
-                        advance()
-                    finish(item, source, result)
-
-                await asyncio.gather(*(one(item) for item in todo))
-        finally:
-            if owned:
-                optimizer.close()
-    return results
-
-
-# -- step 2: answer ----------------------------------------------------------------------------
-
-
-def _variants(item: EvalPrompt, optimized: _Optimized) -> list[tuple[str, str]]:
-    pairs = [("original", item.prompt)]
-    pairs += [(f"round-{i}", text) for i, text in enumerate(optimized.rounds, start=1)]
-    return pairs
-
-
-async def _answer_step(
-    run: RunState[EvalConfig],
-    items: Sequence[EvalPrompt],
-    optimized: dict[str, _Optimized],
-    model: ChatModel,
-) -> dict[tuple[str, str], str]:
-    """Answers by (item key, variant): ``original`` and ``round-1`` ... ``round-k``."""
-    config = run.config
-    params = SamplingParams(
-        max_tokens=config.answer_max_tokens,
-        temperature=config.answer_temperature,
-        top_p=config.answer_top_p,
-    )
-    step_hash = settings_hash("answer", model.identity(), asdict(params))
-    path = run.out / ANSWERS_FILE
-    done = records_by_key(path)
-    answers: dict[tuple[str, str], str] = {}
-    todo: list[tuple[EvalPrompt, str, str, str]] = []
-    for item in items:
-        if _item_key(item) not in optimized:
-            continue
-        for variant, text in _variants(item, optimized[_item_key(item)]):
-            key = settings_hash(step_hash, item.testset, item.id, variant, text)
-            if key in done:
-                answers[(_item_key(item), variant)] = done[key]["answer"]
-                run.count_cached("answer", done[key])
-            else:
-                todo.append((item, variant, text, key))
-    if not todo:
-        return answers
-    limiter = CallLimiter(config.concurrency, config.requests_per_second)
-    with (
-        JsonlWriter(path, fsync=False) as writer,
-        run.progress_task("answer", len(todo)) as advance,
-    ):
-
-        async def one(item: EvalPrompt, variant: str, text: str, key: str) -> None:
-            messages = [{"role": "user", "content": text}]
-            try:
-                reply = await run.call(
-                    limiter,
-                    lambda: model.achat(messages, params, timeout=config.request_timeout),
-                )
-            except Exception as error:
-                run.fail("answer", error)
-                advance()
-                return
-            run.count_reply("answer", reply)
-            writer.write(
-                {
-                    "key": key,
-                    "testset": item.testset,
-                    "id": item.id,
-                    "variant": variant,
-                    "prompt": text,
-                    "answer": reply.text,
-                    "finish_reason": reply.finish_reason,
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                }
-            )
-            answers[(_item_key(item), variant)] = reply.text
-            advance()
-
-        await asyncio.gather(*(one(*job) for job in todo))
-    return answers
-
-
-# -- step 3: judge -----------------------------------------------------------------------------
-
-
-def _judge_params(config: EvalConfig, prompt: JudgePrompt) -> SamplingParams:
-    max_tokens = config.judge_max_tokens or prompt.default_max_tokens
-    return SamplingParams(max_tokens=max_tokens, temperature=config.judge_temperature)
-
-
-async def _judge_step(
-    run: RunState[EvalConfig],
-    items: Sequence[EvalPrompt],
-    answers: dict[tuple[str, str], str],
-    model: ChatModel,
-) -> tuple[list[dict[str, Any]], int]:
-    """The judgment records of this evaluation, and the number of pairs lacking an answer."""
-    config = run.config
-    prompt = get_judge_prompt(config.judge_prompt)
-    params = _judge_params(config, prompt)
-    step_hash = settings_hash("judge", model.identity(), prompt.name, asdict(params))
-    path = run.out / JUDGMENTS_FILE
-    done = records_by_key(path)
-    records: list[dict[str, Any]] = []
-    todo: list[dict[str, Any]] = []
-    missing = 0
-    for item in items:
-        for round_index in range(1, config.rounds + 1):
-            original = answers.get((_item_key(item), "original"))
-            improved = answers.get((_item_key(item), f"round-{round_index}"))
-            if original is None or improved is None:
-                missing += 1
-                continue
-            positions = (
-                ["A", "B"]
-                if config.both_orders
-                else [optimized_position(config.seed, item.testset, item.id, round_index)]
-            )
-            for position in positions:
-                key = settings_hash(
-                    step_hash,
-                    item.testset,
-                    item.id,
-                    round_index,
-                    position,
-                    item.prompt,
-                    original,
-                    improved,
-                )
-                if key in done:
-                    records.append(done[key])
-                    run.count_cached("judge", done[key])
-                    continue
-                answer_a, answer_b = (
-                    (improved, original) if position == "A" else (original, improved)
-                )
-                todo.append(
-                    {
-                        "key": key,
-                        "item": item,
-                        "round": round_index,
-                        "position": position,
-                        "messages": prompt.messages(item.prompt, answer_a, answer_b),
-                    }
-                )
-    if not todo:
-        return records, missing
-    limiter = CallLimiter(config.concurrency, config.requests_per_second)
-    with JsonlWriter(path, fsync=False) as writer, run.progress_task("judge", len(todo)) as advance:
-
-        async def one(job: dict[str, Any]) -> None:
-            item: EvalPrompt = job["item"]
-            try:
-                reply = await run.call(
-                    limiter,
-                    lambda: model.achat(job["messages"], params, timeout=config.request_timeout),
-                )
-            except Exception as error:
-                run.fail("judge", error)
-                advance()
-                return
-            run.count_reply("judge", reply)
-            verdict = prompt.parse(reply.text)
-            record = {
-                "key": job["key"],
-                "testset": item.testset,
-                "id": item.id,
-                "category": item.category,
-                "round": job["round"],
-                "optimized_position": job["position"],
-                "judge_prompt": prompt.name,
-                "judgment": reply.text,
-                "winner": verdict.winner,
-                "parse_error": verdict.error,
-                "outcome": outcome_for_optimized(verdict.winner, job["position"]),
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-            }
-            writer.write(record)
-            records.append(record)
-            advance()
-
-        await asyncio.gather(*(one(job) for job in todo))
-    return records, missing
-
-
-def pair_outcomes(records: Sequence[dict[str, Any]], *, both_orders: bool) -> list[dict[str, Any]]:
-    """One row per judged pair (test set, id, round): its category and outcome. With
-    ``both_orders`` a pair needs both positions judged; the two outcomes are combined."""
-    by_pair: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
-    for record in records:
-        pair = (record["testset"], record["id"], int(record["round"]))
-        by_pair.setdefault(pair, {})[record["optimized_position"]] = record
-    rows = []
-    for (testset, item_id, round_index), judged in by_pair.items():
-        if both_orders:
-            if set(judged) != {"A", "B"}:
-                continue
-            outcome = combine_orders(judged["A"]["outcome"], judged["B"]["outcome"])
-        else:
-            outcome = next(iter(judged.values()))["outcome"]
-        category = next(iter(judged.values())).get("category")
-        rows.append(
-            {
-                "testset": testset,
-                "id": item_id,
-                "round": round_index,
-                "category": category,
-                "outcome": outcome,
-            }
-        )
-    return rows
-
-
-# -- the stage ---------------------------------------------------------------------------------
-
-
 def load_eval_prompts(config: EvalConfig) -> list[EvalPrompt]:
     """The (sampled) prompts of every configured test set."""
     prompts: list[EvalPrompt] = []
@@ -564,51 +112,18 @@ async def arun_eval(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = load_eval_prompts(config)
-    owned: list[ChatModel] = []
-    if answer_model is None:
-        answer_model = build_chat_model(config, "answer")
-        owned.append(answer_model)
-    if judge_model is None:
-        judge_model = build_chat_model(config, "judge")
-        owned.append(judge_model)
-    usage = {role: Usage.priced(config, role) for role in ("answer", "judge")}
-    total = {role: Usage.priced(config, role) for role in ("answer", "judge")}
-    progress_cm: Any = contextlib.nullcontext(None)
-    if config.progress:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        progress_cm = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-    try:
-        with progress_cm as progress:
-            run = RunState(
-                config=config,
-                out=out,
-                progress=progress,
-                usage=usage,
-                total=total,
-                new_calls=dict.fromkeys(STEPS, 0),
-                failures=dict.fromkeys(STEPS, 0),
+    given = {"answer": answer_model, "judge": judge_model}
+    async with chat_models(config, given) as models:
+        with progress_bar(config.progress) as progress:
+            run = RunState.start(
+                config, out, roles=("answer", "judge"), steps=STEPS, progress=progress
             )
-            optimized = await _optimize_step(run, items, optimizer)
-            answers = await _answer_step(run, items, optimized, answer_model)
-            records, missing = await _judge_step(run, items, answers, judge_model)
-    finally:
-        for model in owned:
-            await model.aclose()
+            optimized = await optimize_step(run, items, optimizer)
+            answers = await answer_step(run, items, optimized, models["answer"])
+            records, missing = await judge_step(run, items, answers, models["judge"])
     rows = pair_outcomes(records, both_orders=config.both_orders)
     expected = len(items) * config.rounds
-    fallbacks = sum(1 for item in items if optimized.get(_item_key(item), _Optimized(())).fell_back)
+    fallbacks = sum(1 for item in items if optimized.get(item.key, Optimized(())).fell_back)
     run_info = {
         "prompts": len(items),
         "pairs_expected": expected,
@@ -619,7 +134,7 @@ async def arun_eval(
         "new_calls": dict(run.new_calls),
         "failed_calls": dict(run.failures),
         "first_errors": dict(run.errors),
-        "usage_this_run": {role: u.to_dict() for role, u in usage.items()},
+        "usage_this_run": {role: u.to_dict() for role, u in run.usage.items()},
         "usage_total": {role: u.to_dict() for role, u in run.total.items()},
     }
     report_path, charts, summary = write_report(config, rows, records, run_info)

@@ -27,6 +27,11 @@ class EvalPrompt:
     context: str | None = None
     category: str | None = None
 
+    @property
+    def key(self) -> str:
+        """The prompt's key across the steps of a run: its test set and id."""
+        return f"{self.testset}\x1f{self.id}"
+
 
 @dataclass(frozen=True)
 class _Builtin:
