@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -250,3 +251,39 @@ __all__ = [
     "sweep_table",
     "system_quality",
 ]
+
+
+CARD_SECTION_START = "<!-- guard_report: dev quality with the shipped guards -->"
+CARD_SECTION_END = "<!-- /guard_report -->"
+
+
+def card_section(rows: Sequence[SystemQuality], *, resamples: int) -> str:
+    """The model card's section on what ``BPOOptimizer()`` sends on, from a ``report`` run."""
+    return "\n".join(
+        [
+            CARD_SECTION_START,
+            "## Quality with the shipped guards and keep rule",
+            "",
+            "Written by `python -m bpo_trainer.guard_report report --card ...` from the saved "
+            "rewrites of the default decoding: what the middleware sends on (the rewrite, or the "
+            "prompt where a guard rejects it, with the context after it) on the dev split, "
+            f"against `final_output`; 95% percentile bootstrap intervals over {resamples} "
+            "resamples, paired with copying the prompt. The keep rule's threshold was chosen on "
+            "the other `val.json` records (the model's training data), not on these.",
+            "",
+            quality_table(rows),
+            CARD_SECTION_END,
+        ]
+    )
+
+
+def update_card(path: str | Path, section: str) -> None:
+    """Put ``section`` into the card at ``path``, in place of the one an earlier run wrote."""
+    card = Path(path)
+    text = card.read_text(encoding="utf-8")
+    start, end = text.find(CARD_SECTION_START), text.find(CARD_SECTION_END)
+    if start != -1 and end != -1:
+        text = text[:start] + section + text[end + len(CARD_SECTION_END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    card.write_text(text, encoding="utf-8")

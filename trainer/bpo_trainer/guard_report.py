@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from bpo_trainer.guard_quality import (
     SystemQuality,
     best_threshold,
+    card_section,
     keep_rule_sweep,
     quality_table,
     sweep_table,
     system_quality,
+    update_card,
 )
 from bpo_trainer.recipe.config import resolve_shared_dir
 
@@ -405,6 +407,9 @@ class GuardReportConfig:
     report_file: str | None = field(
         default=None, metadata={"help": "Also write every rejection and score as JSON here."}
     )
+    card: str | None = field(
+        default=None, metadata={"help": "Also put the dev table into this model card (README)."}
+    )
 
 
 def select(config: GuardReportConfig, shared: Path) -> list[PromptRecord]:
@@ -476,14 +481,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(sweep_table(sweep))
     if config.report_file:
         report = {
-            "guards": [
-                {
-                    "guard": r.guard,
-                    "counts": r.counts,
-                    "rejections": [asdict(x) for x in r.rejections],
-                }
-                for r in rows
-            ],
+            "guards": [asdict(r) for r in rows],
             "quality": [asdict(q) for q in quality],
             "train_quality": [asdict(q) for q in train_quality],
             "keep_rule_sweep": [asdict(p) for p in sweep],
@@ -492,6 +490,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         print(f"\nevery rejection: {config.report_file}")
+    if config.card:
+        update_card(config.card, card_section(quality, resamples=config.resamples))
+        print(f"\nthe dev table is in {config.card}")
     return 0
 
 

@@ -157,22 +157,18 @@ def test_report_on_the_saved_rewrites(records: dict[tuple[str, int], PromptRecor
 def test_main_report_prints_both_tables(
     shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = tmp_path / "report.json"
-    code = guard_report.main(
-        [
-            "report",
-            "--outputs",
-            str(FIXTURE),
-            "--shared_dir",
-            str(shared_dir),
-            "--resamples",
-            "20",
-            "--report_file",
-            str(report),
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
+    report, card = tmp_path / "report.json", tmp_path / "README.md"
+    card.write_text("# A model\n\nIts training.\n", encoding="utf-8")
+    args = ["report", "--outputs", str(FIXTURE), "--shared_dir", str(shared_dir)]
+    args += ["--resamples", "20", "--report_file", str(report), "--card", str(card)]
+    assert guard_report.main(args) == 0
+    assert guard_report.main(args) == 0  # a second run replaces the card's section
+    printed = capsys.readouterr().out.split("\nthe dev table is in")[-2]
+    written = card.read_text(encoding="utf-8")
+    assert written.startswith("# A model\n\nIts training.\n")
+    assert written.count("## Quality with the shipped guards and keep rule") == 1
+    dev_table = printed.split("Quality on the dev split")[1].split("\n\n")[1]
+    assert dev_table in written  # the card's table is the one this run printed
     assert "| invented_content |" in printed and "| copy the prompt |" in printed
     data = json.loads(report.read_text(encoding="utf-8"))
     assert {g["guard"] for g in data["guards"]} >= {"answered_instead", "changed_intent"}
