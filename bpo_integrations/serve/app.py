@@ -491,13 +491,11 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
                     async for event in tokens:
                         if isinstance(event, TokenInfo):
                             if not event.special:
-                                choice = schemas.CompletionComplete(
-                                    index=0, text=event.text, finish_reason=""
-                                )
+                                choice = schemas.CompletionStreamChoice(index=0, text=event.text)
                                 yield _sse(schemas.CompletionChunk(**header, choices=[choice]))
                             continue
                         observe(event, started)
-                        choice = schemas.CompletionComplete(
+                        choice = schemas.CompletionStreamChoice(
                             index=0, text="", finish_reason=_OPENAI_FINISH[event.finish_reason]
                         )
                         yield _sse(schemas.CompletionChunk(**header, choices=[choice]))

@@ -289,13 +289,22 @@ class CompletionFinal(_Response):
     usage: Usage
 
 
+class CompletionStreamChoice(_Response):
+    """A streamed completion choice: ``finish_reason`` is null until the last chunk, as OpenAI's."""
+
+    index: int
+    text: str
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+
+
 class CompletionChunk(_Response):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     system_fingerprint: str
-    choices: list[CompletionComplete]
+    choices: list[CompletionStreamChoice]
 
 
 class ModelInfo(_Response):
