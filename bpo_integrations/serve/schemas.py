@@ -189,7 +189,7 @@ class ChatRequest(_Request):
     stop: list[str] | str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     tool_choice: str | dict[str, Any] | None = None
     tool_prompt: str | None = None
@@ -208,7 +208,7 @@ class CompletionRequest(_Request):
     stop: list[str] | str | None = None
     stream: bool = False
     suffix: str | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
 

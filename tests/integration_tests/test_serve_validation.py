@@ -96,6 +96,14 @@ GENERATE_CASES = [
     ({"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "a+"}}}, "grammar"),
     ({"inputs": "Hi", "parameters": {"top_n_tokens": 2}}, "top_n_tokens", "not supported"),
     ({"inputs": "Hi", "parameters": {"typical_p": 0.5}}, "typical_p", "not supported"),
+    ({"inputs": "Hi", "parameters": {"typical_p": 0}}, "parameters.typical_p", "greater than 0"),
+    ({"inputs": "Hi", "parameters": {"typical_p": 1.5}}, "parameters.typical_p", "less than"),
+    ({"inputs": "Hi", "parameters": {"top_p": 0}}, "parameters.top_p", "greater than 0"),
+    ({"inputs": "Hi", "parameters": {"top_k": -1}}, "parameters.top_k"),
+    ({"inputs": "Hi", "parameters": {"frequency_penalty": -2}}, "parameters.frequency_penalty"),
+    ({"inputs": "Hi", "parameters": {"frequency_penalty": 2.5}}, "parameters.frequency_penalty"),
+    ({"inputs": "Hi", "parameters": {"seed": -1}}, "parameters.seed"),
+    ({"inputs": "Hi", "parameters": {"seed": 2**64}}, "parameters.seed"),
     ({"inputs": "Hi", "parameters": {"truncate": 0}}, "truncate"),
     ({"inputs": "Hi", "parameters": {"adapter_id": "other/lora"}}, "--adapter"),
     ({"inputs": ""}, "cannot be empty"),
@@ -284,6 +292,35 @@ def test_extreme_sampling_values_the_schema_allows_are_served(
     response = _post(url, "/generate", body)
     assert response.status_code == 200, response.text
     assert isinstance(response.json()["generated_text"], str)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"top_p": 1e-300},  # 0 in float32, which the engine refuses
+        {"top_p": 5e-324},
+        {"top_p": 0.9999999999},
+        {"seed": 2**64 - 1},  # TGI takes any u64
+        {"frequency_penalty": -1.999, "temperature": 1e-45},
+    ],
+)
+def test_extreme_sampling_values_are_served_on_every_route(
+    url: str, parameters: dict[str, Any]
+) -> None:
+    generate = {"inputs": "Hello", "parameters": {"max_new_tokens": 2, "do_sample": True}}
+    generate["parameters"].update(parameters)
+    assert _post(url, "/generate", generate).status_code == 200
+    openai_body = {"max_tokens": 2, "temperature": 1.0, **parameters}
+    completion = _post(url, "/v1/completions", {"prompt": "Hello", **openai_body})
+    assert completion.status_code == 200, completion.text
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = _post(url, "/v1/chat/completions", {"messages": messages, **openai_body})
+    assert chat.status_code == 200, chat.text
+
+
+def test_chat_temperature_above_two_is_served_as_tgi_does(url: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 5.0}
+    assert _post(url, "/v1/chat/completions", body).status_code == 200
 
 
 def test_a_long_stop_sequence_is_refused_by_name(url: str) -> None:
