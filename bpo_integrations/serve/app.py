@@ -40,6 +40,7 @@ from bpo_integrations.serve.errors import (
     ServeError,
     install_error_handlers,
 )
+from bpo_integrations.serve.limits import BodySizeLimit
 from bpo_integrations.serve.metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
 
 logger = logging.getLogger("bpo_integrations.serve")
@@ -133,6 +134,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)  # inside the errors
     app.add_middleware(InternalErrors)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
@@ -159,12 +161,18 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def prompt_for(text: str, *, truncate: int | None = None, field: str = "inputs") -> Prompt:
+    def prepare(text: str, *, truncate: int | None = None, field: str = "inputs") -> Prompt:
         prompt = engine.encode(text)
         if truncate is not None:
             prompt = engine.truncate(prompt, validation.truncate_length(truncate, limits))
         validation.check_input_length(prompt.ids, limits, field=field)
         return prompt
+
+    async def prompt_for(
+        text: str, *, truncate: int | None = None, field: str = "inputs"
+    ) -> Prompt:
+        # tokenizing is CPU work: off the event loop, so /health and the streams keep answering
+        return await asyncio.to_thread(prepare, text, truncate=truncate, field=field)
 
     def observe(completion: Completion, started: float) -> None:
         metrics.input_tokens.observe(completion.input_tokens)
@@ -263,13 +271,13 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         return schemas.GenerateResponse(generated_text=text, details=details)
 
     async def generate(request: Request, body: schemas.GenerateRequest) -> schemas.GenerateResponse:
-        prompt = prompt_for(body.inputs, truncate=body.parameters.truncate)
+        prompt = await prompt_for(body.inputs, truncate=body.parameters.truncate)
         params = validation.generate_params(body.parameters, prompt.ids, limits)
         completion = await run_generation(request, prompt, params)
         return generate_response(body, prompt, completion)
 
-    def generate_stream(body: schemas.GenerateRequest) -> StreamingResponse:
-        prompt = prompt_for(body.inputs, truncate=body.parameters.truncate)
+    async def generate_stream(body: schemas.GenerateRequest) -> StreamingResponse:
+        prompt = await prompt_for(body.inputs, truncate=body.parameters.truncate)
         params = validation.generate_params(body.parameters, prompt.ids, limits)
         slot = admission.acquire()
 
@@ -312,13 +320,13 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
     @app.post("/generate_stream", dependencies=protected)
     async def generate_stream_route(body: schemas.GenerateRequest) -> StreamingResponse:
         """Generate text token by token as server-sent events (TGI's ``/generate_stream``)."""
-        return generate_stream(body)
+        return await generate_stream(body)
 
     @app.post("/", dependencies=protected)
     async def compat_generate_route(request: Request, body: schemas.CompatGenerateRequest) -> Any:
         """``/generate`` (answered as a one-element list) or, with ``"stream": true``, a stream."""
         if body.stream:
-            return generate_stream(body)
+            return await generate_stream(body)
         response = await generate(request, body)
         return [response.model_dump(mode="json")]
 
@@ -327,9 +335,11 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         """The prompt's tokens with their character offsets (TGI's ``/tokenize``)."""
         if not body.inputs:
             raise InputError("`inputs` cannot be empty")
+        prompt = await prompt_for(body.inputs)  # at most --max-input-tokens tokens
+        spans = await asyncio.to_thread(engine.offsets, prompt)
         return [
             schemas.SimpleToken(id=i, text=text, start=start, stop=stop)
-            for i, text, start, stop in engine.offsets(body.inputs)
+            for i, text, start, stop in spans
         ]
 
     @app.get("/info", dependencies=protected, response_model=schemas.Info)
@@ -395,7 +405,8 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
     async def chat_route(request: Request, body: schemas.ChatRequest) -> Any:
         """OpenAI's chat completions, with the model's chat template (TGI's Messages API)."""
         messages = validation.chat_messages(body.messages)
-        prompt = prompt_for(engine.chat_prompt(messages), field="messages")
+        rendered = await asyncio.to_thread(engine.chat_prompt, messages)
+        prompt = await prompt_for(rendered, field="messages")
         params = validation.chat_params(body, prompt.ids, limits)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
@@ -470,7 +481,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
     async def completions_route(request: Request, body: schemas.CompletionRequest) -> Any:
         """OpenAI's legacy completions: raw prompts, no chat template."""
         texts = validation.completion_prompts(body, limits)
-        prompts = [prompt_for(text, field="prompt") for text in texts]
+        prompts = [await prompt_for(text, field="prompt") for text in texts]
         all_params = [validation.completion_params(body, p.ids, limits) for p in prompts]
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         now = int(time.time())

@@ -148,13 +148,13 @@ class Engine:
         """Each token's own text, for TGI's prefill details."""
         return [self.model.decode([i], skip_special_tokens=False) for i in ids]
 
-    def offsets(self, text: str) -> list[tuple[int, str, int, int]]:
-        """``(id, text, start, stop)`` per token, as TGI's ``/tokenize`` answers.
+    def offsets(self, prompt: Prompt) -> list[tuple[int, str, int, int]]:
+        """``(id, text, start, stop)`` per token of ``prompt``, as TGI's ``/tokenize`` answers.
 
         Offsets count the characters of the decoded tokens, which is the text itself for the
         byte-level tokenizers BPO models use.
         """
-        prompt = self.encode(text)
+        text = prompt.text
         pieces = _Pieces(self.model)
         spans = []
         position = 0

@@ -93,7 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 "validation",
                 f"Input validation error: malformed body ({error.detail}): send UTF-8 JSON",
             )
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            error.status_code, "http"
+        )
         return error_response(
             error.status_code, kind, str(error.detail), getattr(error, "headers", None)
         )
