@@ -38,6 +38,7 @@ from bpo_integrations.serve.errors import (
     ClientGone,
     InternalErrors,
     ServeError,
+    answer_errors_in_stream,
     install_error_handlers,
 )
 from bpo_integrations.serve.limits import BodySizeLimit
@@ -318,14 +319,18 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
         return await generate(request, body)
 
     @app.post("/generate_stream", dependencies=protected)
-    async def generate_stream_route(body: schemas.GenerateRequest) -> StreamingResponse:
+    async def generate_stream_route(
+        request: Request, body: schemas.GenerateRequest
+    ) -> StreamingResponse:
         """Generate text token by token as server-sent events (TGI's ``/generate_stream``)."""
+        answer_errors_in_stream(request)
         return await generate_stream(body)
 
     @app.post("/", dependencies=protected)
     async def compat_generate_route(request: Request, body: schemas.CompatGenerateRequest) -> Any:
         """``/generate`` (answered as a one-element list) or, with ``"stream": true``, a stream."""
         if body.stream:
+            answer_errors_in_stream(request)
             return await generate_stream(body)
         response = await generate(request, body)
         return [response.model_dump(mode="json")]

@@ -48,8 +48,15 @@ def _post(url: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
 
 
 def _assert_error(response: httpx.Response, status: int, error_type: str, *words: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
+    """``status`` and TGI's ``ErrorResponse``, or on a stream TGI's in-stream error event."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        assert response.status_code == 200, response.text
+        (event,) = [line for line in response.text.splitlines() if line]
+        assert event.startswith("data: ")
+        body = httpx.Response(200, content=event[6:]).json()
+    else:
+        assert response.status_code == status, response.text
+        body = response.json()
     assert set(body) == {"error", "error_type"} and body["error_type"] == error_type
     for word in words:
         assert word in body["error"], (word, body["error"])
@@ -162,6 +169,22 @@ def test_bad_chat_requests_get_validation_errors(
     _assert_error(_post(url, "/v1/chat/completions", body), 422, "validation", *words)
 
 
+def test_stream_validation_errors_are_tgi_error_events(url: str) -> None:
+    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 100}}
+    response = _post(url, "/generate_stream", body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    _assert_error(response, 422, "validation", "must be <= 48")
+    # huggingface_hub reads the event and raises TGI's typed error, with the server's words
+    client = InferenceClient(url, api_key=KEY)  # keep it: its streams close with it
+    stream = client.text_generation("Hi", max_new_tokens=100, stream=True)
+    with pytest.raises(ValidationError, match=r"must be <= 48\. Given: 1 `inputs` tokens"):
+        list(stream)
+    # a body that is not TGI's JSON is refused before any stream, as TGI's JSON extractor does
+    malformed = _post(url, "/generate_stream", {"inputs": 5})
+    assert malformed.status_code == 422 and malformed.json()["error_type"] == "validation"
+
+
 def test_clients_raise_their_validation_errors(url: str) -> None:
     client = InferenceClient(url, api_key=KEY)
     with pytest.raises(ValidationError, match="max_new_tokens"):
@@ -240,6 +263,9 @@ def test_full_queue_answers_429_and_a_disconnect_frees_the_slot(
     assert overloaded.headers["retry-after"] == "1"
     with pytest.raises(OverloadedError):
         InferenceClient(busy_url).text_generation("Hello", max_new_tokens=2)
+    client = InferenceClient(busy_url)  # keep it: its streams close with it
+    with pytest.raises(OverloadedError, match="--max-queue"):
+        list(client.text_generation("Hello", max_new_tokens=2, stream=True))
 
     holder.join()
     # the client gave up after 4 s; its generation alone would have held the slot far longer
