@@ -51,10 +51,16 @@ def answer_errors_in_stream(request: Request) -> None:
     request.state.errors_in_stream = True
 
 
-def in_stream_error(error_type: str, message: str) -> Response:
+EVENT_STREAM_ROUTES = frozenset({"/generate_stream"})
+"""Routes whose every answer is ``text/event-stream`` in TGI's schema: a body that is not TGI's
+JSON is an HTTP 422 there too, but its ``ErrorResponse`` is an event."""
+
+
+def in_stream_error(error_type: str, message: str, *, status: int = 200) -> Response:
     payload = json.dumps({"error": message, "error_type": error_type})
     return Response(
         f"data: {payload}\n\n",
+        status_code=status,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
@@ -107,16 +113,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def request_validation(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
-        return error_response(422, "validation", _describe_validation(error))
+        message = _describe_validation(error)
+        if request.url.path in EVENT_STREAM_ROUTES:  # the schema's media type for its 422
+            return in_stream_error("validation", message, status=422)
+        return error_response(422, "validation", message)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)
         if error.status_code == 400:  # FastAPI could not decode the body at all
-            return error_response(
-                422,
-                "validation",
-                f"Input validation error: malformed body ({error.detail}): send UTF-8 JSON",
-            )
+            message = f"Input validation error: malformed body ({error.detail}): send UTF-8 JSON"
+            if request.url.path in EVENT_STREAM_ROUTES:
+                return in_stream_error("validation", message, status=422)
+            return error_response(422, "validation", message)
         kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             error.status_code, "http"
         )
