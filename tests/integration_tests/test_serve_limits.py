@@ -84,6 +84,14 @@ def test_tokenize_refuses_more_tokens_than_the_model_takes(url: str) -> None:
     assert short.status_code == 200 and short.json()[-1]["stop"] == len("Hello world")
 
 
+def test_tokenize_offsets_stay_inside_text_the_tokenizer_does_not_know(url: str) -> None:
+    text = "\U0009b8fb\u0091\u00c0V\u00be"  # found by schemathesis: offsets ran to 17 of 5
+    tokens = httpx.post(f"{url}/tokenize", json={"inputs": text}, timeout=30).json()
+    assert all(0 <= t["start"] <= t["stop"] <= len(text) for t in tokens), tokens
+    assert all(t["text"] == text[t["start"] : t["stop"]] for t in tokens)
+    assert [t["start"] for t in tokens] == sorted(t["start"] for t in tokens)
+
+
 def test_health_answers_quickly_while_large_requests_are_prepared(url: str) -> None:
     # about 1 MB, encoded once: the server runs in this process, and encoding holds the GIL
     big = json.dumps({"inputs": "Harry Potter and the Philosopher's Stone. " * 25_000}).encode()
