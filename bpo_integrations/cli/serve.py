@@ -53,6 +53,7 @@ def serve(
     max_batch_size: int = _option("max_batch_size"),
     max_queue: int = _option("max_queue", "--max-concurrent-requests"),
     max_stop_sequences: int = _option("max_stop_sequences"),
+    max_body_bytes: int = _option("max_body_bytes"),
     graceful_shutdown_s: float = _option("graceful_shutdown_s"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
 ) -> None:
@@ -81,6 +82,7 @@ def serve(
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             max_stop_sequences=max_stop_sequences,
+            max_body_bytes=max_body_bytes,
             graceful_shutdown_s=graceful_shutdown_s,
         )
     except ValueError as error:

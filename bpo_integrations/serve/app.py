@@ -19,6 +19,7 @@ from bpo_integrations.serve import openai_routes, tgi_routes
 from bpo_integrations.serve.config import ServeConfig
 from bpo_integrations.serve.engine import Engine
 from bpo_integrations.serve.errors import InternalErrors, install_error_handlers
+from bpo_integrations.serve.limits import BodySizeLimit
 from bpo_integrations.serve.metrics import EngineStats, MetricsMiddleware, ServeMetrics
 from bpo_integrations.serve.state import ROUTER_NAME, ServeState, version
 
@@ -64,6 +65,7 @@ def create_app(engine: Engine, config: ServeConfig, *, model_id: str) -> FastAPI
     )
     app.state.serve = state
     app.state.engine = engine
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)  # inside the errors
     app.add_middleware(InternalErrors)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)

@@ -68,6 +68,10 @@ class ServeConfig:
     max_stop_sequences: int = field(
         default=4, metadata={"help": "Most stop sequences per request (TGI's flag)."}
     )
+    max_body_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "Largest request body accepted, in bytes; larger ones get HTTP 413."},
+    )
     graceful_shutdown_s: float = field(
         default=30.0,
         metadata={"help": "On SIGTERM, how long requests in flight may take to finish."},
@@ -78,6 +82,7 @@ class ServeConfig:
             "max_new_tokens": self.max_new_tokens,
             "max_batch_size": self.max_batch_size,
             "max_queue": self.max_queue,
+            "max_body_bytes": self.max_body_bytes,
         }
         for name, value in positive.items():
             if value < 1:

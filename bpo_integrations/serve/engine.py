@@ -151,19 +151,20 @@ class Engine:
         """Each token's own text, for TGI's prefill details."""
         return [self.model.decode([i], skip_special_tokens=False) for i in ids]
 
-    def offsets(self, text: str) -> list[tuple[int, str, int, int]]:
-        """``(id, text, start, stop)`` per token, as TGI's ``/tokenize`` answers.
+    def offsets(self, prompt: Prompt) -> list[tuple[int, str, int, int]]:
+        """``(id, text, start, stop)`` per token of ``prompt``, as TGI's ``/tokenize`` answers.
 
         Offsets count the characters of the decoded tokens, which is the text itself for the
-        byte-level tokenizers BPO models use.
+        byte-level tokenizers BPO models use; they never run past the text.
         """
-        prompt = self.encode(text)
+        text = prompt.text
         pieces = _Pieces(self.model)
         spans = []
         position = 0
         for token_id in prompt.ids:
             piece = pieces.push(token_id, skip_special_tokens=False)
-            start, position = position, position + len(piece)
+            # a token the tokenizer does not know decodes to more text than it stands for
+            start, position = position, min(position + len(piece), len(text))
             spans.append((token_id, text[start:position], start, position))
         return spans
 

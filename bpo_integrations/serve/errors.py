@@ -3,6 +3,7 @@ validation to a bug, with the connection left usable."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +42,30 @@ def error_response(status: int, error_type: str, message: str, headers: Any = No
     )
 
 
+def answer_errors_in_stream(request: Request) -> None:
+    """From here on, a request TGI's validation refuses (or a full queue) is answered as TGI's
+    ``/generate_stream`` answers it: HTTP 200 and one ``text/event-stream`` event holding the
+    ``ErrorResponse`` (the schema's media type for these errors), which TGI's clients raise as the
+    typed error (``huggingface_hub``'s ``ValidationError``, ``OverloadedError``). A body that is
+    not TGI's JSON at all is refused before, with an HTTP 422."""
+    request.state.errors_in_stream = True
+
+
+EVENT_STREAM_ROUTES = frozenset({"/generate_stream"})
+"""Routes whose every answer is ``text/event-stream`` in TGI's schema: a body that is not TGI's
+JSON is an HTTP 422 there too, but its ``ErrorResponse`` is an event."""
+
+
+def in_stream_error(error_type: str, message: str, *, status: int = 200) -> Response:
+    payload = json.dumps({"error": message, "error_type": error_type})
+    return Response(
+        f"data: {payload}\n\n",
+        status_code=status,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 class InternalErrors:
     """Any exception left is a 500 answered here, and the connection stays usable.
 
@@ -76,24 +101,33 @@ class InternalErrors:
 def install_error_handlers(app: FastAPI) -> None:
     async def serve_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, ServeError)
+        if error.status == 429 and getattr(request.state, "errors_in_stream", False):
+            return in_stream_error(error.error_type, error.message)
         return error_response(error.status, error.error_type, error.message, error.headers)
 
     async def input_error(request: Request, error: Exception) -> Response:
-        return error_response(422, "validation", f"Input validation error: {error}")
+        message = f"Input validation error: {error}"
+        if getattr(request.state, "errors_in_stream", False):
+            return in_stream_error("validation", message)
+        return error_response(422, "validation", message)
 
     async def request_validation(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
-        return error_response(422, "validation", _describe_validation(error))
+        message = _describe_validation(error)
+        if request.url.path in EVENT_STREAM_ROUTES:  # the schema's media type for its 422
+            return in_stream_error("validation", message, status=422)
+        return error_response(422, "validation", message)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)
         if error.status_code == 400:  # FastAPI could not decode the body at all
-            return error_response(
-                422,
-                "validation",
-                f"Input validation error: malformed body ({error.detail}): send UTF-8 JSON",
-            )
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
+            message = f"Input validation error: malformed body ({error.detail}): send UTF-8 JSON"
+            if request.url.path in EVENT_STREAM_ROUTES:
+                return in_stream_error("validation", message, status=422)
+            return error_response(422, "validation", message)
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            error.status_code, "http"
+        )
         return error_response(
             error.status_code, kind, str(error.detail), getattr(error, "headers", None)
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -128,7 +129,8 @@ async def _chat_events(
 async def chat_route(request: Request, body: schemas.ChatRequest, state: ServeStateDep) -> Any:
     """OpenAI's chat completions, with the model's chat template (TGI's Messages API)."""
     messages = validation.chat_messages(body.messages)
-    prompt = state.prompt_for(state.engine.chat_prompt(messages), field="messages")
+    rendered = await asyncio.to_thread(state.engine.chat_prompt, messages)
+    prompt = await state.prompt_for(rendered, field="messages")
     params = validation.chat_params(body, prompt.ids, state.limits)
     header = _Header.new(state, "chatcmpl")
     if body.stream:
@@ -155,8 +157,8 @@ async def chat_route(request: Request, body: schemas.ChatRequest, state: ServeSt
 async def _completion_events(
     state: ServeState, prompt: Prompt, params: SamplingParams, header: _Header
 ) -> AsyncGenerator[str, None]:
-    def chunk(text: str, finish_reason: str) -> str:
-        choice = schemas.CompletionComplete(index=0, text=text, finish_reason=finish_reason)
+    def chunk(text: str, finish_reason: str | None) -> str:
+        choice = schemas.CompletionStreamChoice(index=0, text=text, finish_reason=finish_reason)
         return sse(schemas.CompletionChunk(**header.fields(), choices=[choice]))
 
     started = time.perf_counter()
@@ -164,7 +166,7 @@ async def _completion_events(
         async for event in tokens:
             if isinstance(event, TokenInfo):
                 if not event.special:
-                    yield chunk(event.text, "")
+                    yield chunk(event.text, None)
                 continue
             state.observe(event, started)
             yield chunk("", _OPENAI_FINISH[event.finish_reason])
@@ -176,7 +178,7 @@ async def completions_route(
 ) -> Any:
     """OpenAI's legacy completions: raw prompts, no chat template."""
     texts = validation.completion_prompts(body, state.limits)
-    prompts = [state.prompt_for(text, field="prompt") for text in texts]
+    prompts = [await state.prompt_for(text, field="prompt") for text in texts]
     all_params = [validation.completion_params(body, p.ids, state.limits) for p in prompts]
     header = _Header.new(state, "cmpl")
     if body.stream:

@@ -189,7 +189,7 @@ class ChatRequest(_Request):
     stop: list[str] | str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     tool_choice: str | dict[str, Any] | None = None
     tool_prompt: str | None = None
@@ -208,7 +208,7 @@ class CompletionRequest(_Request):
     stop: list[str] | str | None = None
     stream: bool = False
     suffix: str | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
@@ -289,13 +289,22 @@ class CompletionFinal(_Response):
     usage: Usage
 
 
+class CompletionStreamChoice(_Response):
+    """A streamed completion choice: ``finish_reason`` is null until the last chunk, as OpenAI's."""
+
+    index: int
+    text: str
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+
+
 class CompletionChunk(_Response):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     system_fingerprint: str
-    choices: list[CompletionComplete]
+    choices: list[CompletionStreamChoice]
 
 
 class ModelInfo(_Response):

@@ -5,6 +5,7 @@ One :class:`ServeState` per app, on ``app.state.serve``; routes get it with :dat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -67,10 +68,15 @@ class ServeState:
             fingerprint=f"{version()}-{ROUTER_NAME}",
         )
 
-    def prompt_for(
+    async def prompt_for(
         self, text: str, *, truncate: int | None = None, field: str = "inputs"
     ) -> Prompt:
-        """``text`` tokenized (its last ``truncate`` tokens), checked against the input limit."""
+        """``text`` tokenized (its last ``truncate`` tokens), checked against the input limit;
+        tokenizing is CPU work, done off the event loop so that other requests keep answering."""
+        return await asyncio.to_thread(self.prepare, text, truncate=truncate, field=field)
+
+    def prepare(self, text: str, *, truncate: int | None = None, field: str = "inputs") -> Prompt:
+        """:meth:`prompt_for`, in the calling thread."""
         prompt = self.engine.encode(text)
         if truncate is not None:
             prompt = self.engine.truncate(prompt, validation.truncate_length(truncate, self.limits))

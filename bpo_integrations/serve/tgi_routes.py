@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -14,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from bpo_integrations.serve import schemas, validation
 from bpo_integrations.serve.auth import PROTECTED
 from bpo_integrations.serve.engine import Completion, InputError, Prompt, SamplingParams, TokenInfo
+from bpo_integrations.serve.errors import answer_errors_in_stream
 from bpo_integrations.serve.metrics import CONTENT_TYPE
 from bpo_integrations.serve.state import ROUTER_NAME, ServeState, ServeStateDep, version
 from bpo_integrations.serve.streaming import sse, sse_stream
@@ -50,17 +52,17 @@ def _details(
     )
 
 
-def _prompt_and_params(
+async def _prompt_and_params(
     state: ServeState, body: schemas.GenerateRequest
 ) -> tuple[Prompt, SamplingParams]:
-    prompt = state.prompt_for(body.inputs, truncate=body.parameters.truncate)
+    prompt = await state.prompt_for(body.inputs, truncate=body.parameters.truncate)
     return prompt, validation.generate_params(body.parameters, prompt.ids, state.limits)
 
 
 async def _generate(
     state: ServeState, request: Request, body: schemas.GenerateRequest
 ) -> schemas.GenerateResponse:
-    prompt, params = _prompt_and_params(state, body)
+    prompt, params = await _prompt_and_params(state, body)
     completion = await state.run_generation(request, prompt, params)
     text = completion.text
     if body.parameters.return_full_text:
@@ -100,8 +102,8 @@ async def _stream_events(
             yield event(len(tokens), tokens[-1], generated_text=text, details=details)
 
 
-def _generate_stream(state: ServeState, body: schemas.GenerateRequest) -> StreamingResponse:
-    prompt, params = _prompt_and_params(state, body)
+async def _generate_stream(state: ServeState, body: schemas.GenerateRequest) -> StreamingResponse:
+    prompt, params = await _prompt_and_params(state, body)
     slot = state.admission.acquire()
     return sse_stream(_stream_events(state, body, prompt, params), slot)
 
@@ -116,10 +118,11 @@ async def generate_route(
 
 @router.post("/generate_stream", dependencies=PROTECTED)
 async def generate_stream_route(
-    body: schemas.GenerateRequest, state: ServeStateDep
+    request: Request, body: schemas.GenerateRequest, state: ServeStateDep
 ) -> StreamingResponse:
     """Generate text token by token as server-sent events (TGI's ``/generate_stream``)."""
-    return _generate_stream(state, body)
+    answer_errors_in_stream(request)
+    return await _generate_stream(state, body)
 
 
 @router.post("/", dependencies=PROTECTED)
@@ -128,7 +131,8 @@ async def compat_generate_route(
 ) -> Any:
     """``/generate`` (answered as a one-element list) or, with ``"stream": true``, a stream."""
     if body.stream:
-        return _generate_stream(state, body)
+        answer_errors_in_stream(request)
+        return await _generate_stream(state, body)
     response = await _generate(state, request, body)
     return [response.model_dump(mode="json")]
 
@@ -140,9 +144,11 @@ async def tokenize_route(
     """The prompt's tokens with their character offsets (TGI's ``/tokenize``)."""
     if not body.inputs:
         raise InputError("`inputs` cannot be empty")
+    prompt = await state.prompt_for(body.inputs)  # at most --max-input-tokens tokens
+    spans = await asyncio.to_thread(state.engine.offsets, prompt)
     return [
         schemas.SimpleToken(id=i, text=text, start=start, stop=stop)
-        for i, text, start, stop in state.engine.offsets(body.inputs)
+        for i, text, start, stop in spans
     ]
 
 

@@ -136,8 +136,9 @@ def generate_params(params: GenerateParameters, ids: list[int], limits: Limits) 
 
 
 FINITE_RANGE = (1e-4, 1e4)
-"""Where ``temperature`` and ``repetition_penalty`` are clamped: the schema allows any positive
-value, and one that is 0 or infinite in the engine's float32 arithmetic would fail the request."""
+"""Where ``temperature`` and ``repetition_penalty`` are clamped (``top_p`` to its floor): the
+schema allows any positive value, and one that is 0 or infinite in the engine's float32 arithmetic
+would fail the request."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -146,8 +147,12 @@ def _finite(value: float | None) -> float | None:
 
 
 def _below_one(value: float | None) -> float | None:
-    """``top_p``/``typical_p`` of 1.0 filter nothing: the same as unset."""
-    return value if value is not None and value < 1.0 else None
+    """``top_p``/``typical_p`` of 1.0 filter nothing: the same as unset. The rest is kept above
+    :data:`FINITE_RANGE`'s floor: a tiny positive value is 0 in float32, which the engine refuses,
+    and any value that small keeps only the likeliest token anyway."""
+    if value is None or value >= 1.0:
+        return None
+    return max(value, FINITE_RANGE[0])
 
 
 def chat_messages(messages: list[Message]) -> list[dict[str, str]]:

@@ -87,7 +87,6 @@ def test_sigterm_drains_requests_in_flight_then_exits(tiny_llama_dir: Path) -> N
     env = {
         **os.environ,
         "BPO_MODEL": str(tiny_llama_dir),  # the model comes from the environment
-        "BPO_BATCH_WAIT_MS": "1500",  # each /generate waits 1.5 s for company: time to SIGTERM
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_VERBOSITY": "error",
     }
@@ -101,7 +100,8 @@ def test_sigterm_drains_requests_in_flight_then_exits(tiny_llama_dir: Path) -> N
         base = _wait_for_url(process)
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
         answers: list[httpx.Response] = []
-        body = {"inputs": "Tell me about Harry Potter", "parameters": {"max_new_tokens": 6}}
+        # long enough to be caught in flight (BPO_BATCH_WAIT_MS, which held it, is gone)
+        body = {"inputs": "Tell me about Harry Potter", "parameters": {"max_new_tokens": 200}}
         client = threading.Thread(
             target=lambda: answers.append(httpx.post(f"{base}/generate", json=body, timeout=60))
         )

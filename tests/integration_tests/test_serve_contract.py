@@ -333,3 +333,42 @@ def test_the_tgi_example_chain_runs_against_bpo_serve(
     output = capsys.readouterr().out
     assert output.count("question:") == output.count("answer:") == len(chain["QUESTIONS"])
     assert "did not answer" not in output
+
+
+def test_stream_events_carry_tgi_and_openai_shapes(url: str, conforms: Validate) -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletionChunk
+
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 4}}
+    with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=60) as response:
+        tgi_events = _events(response)
+    for event in tgi_events:
+        assert {"index", "token"} <= set(event)  # the schema's required fields
+        conforms("StreamResponse", event)
+    assert [e["index"] for e in tgi_events] == [1, 2, 3, 4]
+
+    chat = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat, timeout=60) as response:
+        chat_events = _events(response)
+    assert chat_events[-1] == "[DONE]"
+    for event in chat_events[:-1]:
+        chunk = ChatCompletionChunk.model_validate(event)  # OpenAI's own types, validated
+        assert chunk.object == "chat.completion.chunk" and chunk.choices[0].index == 0
+    assert [e["choices"][0]["finish_reason"] for e in chat_events[:-1]][-1] == "length"
+    assert all(e["choices"][0]["finish_reason"] is None for e in chat_events[:-2])
+
+    legacy = {"prompt": PROMPT, "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=legacy, timeout=60) as response:
+        legacy_events = _events(response)
+    assert legacy_events[-1] == "[DONE]"
+    *running, last = legacy_events[:-1]
+    # OpenAI's chunks say null until the last one, which says why the text ended
+    assert [e["choices"][0]["finish_reason"] for e in running] == [None] * len(running)
+    assert Completion.model_validate(last).choices[0].finish_reason == "length"
+    for event in running:
+        assert (
+            Completion.model_validate(
+                {**event, "choices": [{**event["choices"][0], "finish_reason": "stop"}]}
+            ).object
+            == "text_completion"
+        )

@@ -48,8 +48,16 @@ def _post(url: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
 
 
 def _assert_error(response: httpx.Response, status: int, error_type: str, *words: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
+    """``status`` and TGI's ``ErrorResponse``, or on a stream TGI's in-stream error event."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        # TGI's validation refuses in the stream (200); a body that is not TGI's JSON, with `status`
+        assert response.status_code in (200, status), response.text
+        (event,) = [line for line in response.text.splitlines() if line]
+        assert event.startswith("data: ")
+        body = httpx.Response(200, content=event[6:]).json()
+    else:
+        assert response.status_code == status, response.text
+        body = response.json()
     assert set(body) == {"error", "error_type"} and body["error_type"] == error_type
     for word in words:
         assert word in body["error"], (word, body["error"])
@@ -96,6 +104,14 @@ GENERATE_CASES = [
     ({"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "a+"}}}, "grammar"),
     ({"inputs": "Hi", "parameters": {"top_n_tokens": 2}}, "top_n_tokens", "not supported"),
     ({"inputs": "Hi", "parameters": {"typical_p": 0.5}}, "typical_p", "not supported"),
+    ({"inputs": "Hi", "parameters": {"typical_p": 0}}, "parameters.typical_p", "greater than 0"),
+    ({"inputs": "Hi", "parameters": {"typical_p": 1.5}}, "parameters.typical_p", "less than"),
+    ({"inputs": "Hi", "parameters": {"top_p": 0}}, "parameters.top_p", "greater than 0"),
+    ({"inputs": "Hi", "parameters": {"top_k": -1}}, "parameters.top_k"),
+    ({"inputs": "Hi", "parameters": {"frequency_penalty": -2}}, "parameters.frequency_penalty"),
+    ({"inputs": "Hi", "parameters": {"frequency_penalty": 2.5}}, "parameters.frequency_penalty"),
+    ({"inputs": "Hi", "parameters": {"seed": -1}}, "parameters.seed"),
+    ({"inputs": "Hi", "parameters": {"seed": 2**64}}, "parameters.seed"),
     ({"inputs": "Hi", "parameters": {"truncate": 0}}, "truncate"),
     ({"inputs": "Hi", "parameters": {"adapter_id": "other/lora"}}, "--adapter"),
     ({"inputs": ""}, "cannot be empty"),
@@ -152,6 +168,24 @@ def test_bad_chat_requests_get_validation_errors(
     url: str, body: dict[str, Any], words: tuple[str, ...]
 ) -> None:
     _assert_error(_post(url, "/v1/chat/completions", body), 422, "validation", *words)
+
+
+def test_stream_validation_errors_are_tgi_error_events(url: str) -> None:
+    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 100}}
+    response = _post(url, "/generate_stream", body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    _assert_error(response, 422, "validation", "must be <= 48")
+    # huggingface_hub reads the event and raises TGI's typed error, with the server's words
+    client = InferenceClient(url, api_key=KEY)  # keep it: its streams close with it
+    stream = client.text_generation("Hi", max_new_tokens=100, stream=True)
+    with pytest.raises(ValidationError, match=r"must be <= 48\. Given: 1 `inputs` tokens"):
+        list(stream)
+    # a body that is not TGI's JSON is refused before any stream, as TGI's JSON extractor does
+    malformed = _post(url, "/generate_stream", {"inputs": 5})
+    assert malformed.status_code == 422
+    assert malformed.headers["content-type"].startswith("text/event-stream")  # as TGI's schema
+    _assert_error(malformed, 422, "validation", "inputs: Input should be a valid string")
 
 
 def test_clients_raise_their_validation_errors(url: str) -> None:
@@ -232,6 +266,9 @@ def test_full_queue_answers_429_and_a_disconnect_frees_the_slot(
     assert overloaded.headers["retry-after"] == "1"
     with pytest.raises(OverloadedError):
         InferenceClient(busy_url).text_generation("Hello", max_new_tokens=2)
+    client = InferenceClient(busy_url)  # keep it: its streams close with it
+    with pytest.raises(OverloadedError, match="--max-queue"):
+        list(client.text_generation("Hello", max_new_tokens=2, stream=True))
 
     holder.join()
     # the client gave up after 4 s; its generation alone would have held the slot far longer
@@ -284,6 +321,35 @@ def test_extreme_sampling_values_the_schema_allows_are_served(
     response = _post(url, "/generate", body)
     assert response.status_code == 200, response.text
     assert isinstance(response.json()["generated_text"], str)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"top_p": 1e-300},  # 0 in float32, which the engine refuses
+        {"top_p": 5e-324},
+        {"top_p": 0.9999999999},
+        {"seed": 2**64 - 1},  # TGI takes any u64
+        {"frequency_penalty": -1.999, "temperature": 1e-45},
+    ],
+)
+def test_extreme_sampling_values_are_served_on_every_route(
+    url: str, parameters: dict[str, Any]
+) -> None:
+    generate = {"inputs": "Hello", "parameters": {"max_new_tokens": 2, "do_sample": True}}
+    generate["parameters"].update(parameters)
+    assert _post(url, "/generate", generate).status_code == 200
+    openai_body = {"max_tokens": 2, "temperature": 1.0, **parameters}
+    completion = _post(url, "/v1/completions", {"prompt": "Hello", **openai_body})
+    assert completion.status_code == 200, completion.text
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = _post(url, "/v1/chat/completions", {"messages": messages, **openai_body})
+    assert chat.status_code == 200, chat.text
+
+
+def test_chat_temperature_above_two_is_served_as_tgi_does(url: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 5.0}
+    assert _post(url, "/v1/chat/completions", body).status_code == 200
 
 
 def test_a_long_stop_sequence_is_refused_by_name(url: str) -> None:

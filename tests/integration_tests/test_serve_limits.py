@@ -1,0 +1,122 @@
+"""``bpo serve`` holds bounded state: bodies, prompts and tokenizer output stay under its limits,
+and a large request is prepared off the event loop, so ``/health`` keeps answering."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("torch")
+
+import httpx
+
+from bpo_integrations.serve import ServeConfig
+from bpo_integrations.serve.server import build_app, serve_in_thread
+
+MAX_BODY = 2 * 1024 * 1024
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def url(tiny_llama_dir: Path) -> Iterator[str]:
+    config = ServeConfig(
+        model=str(tiny_llama_dir),
+        max_input_tokens=32,
+        max_total_tokens=48,
+        max_new_tokens=4,
+        max_body_bytes=MAX_BODY,
+    )
+    with serve_in_thread(build_app(config)) as base_url:
+        yield base_url
+
+
+def _assert_too_large(response: httpx.Response) -> None:
+    assert response.status_code == 413, response.text
+    body = response.json()
+    assert body["error_type"] == "payload_too_large"
+    assert f"the limit is {MAX_BODY} bytes" in body["error"]
+    assert "--max-body-bytes" in body["error"]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream", "/tokenize", "/v1/completions"])
+def test_a_body_over_the_limit_is_refused_before_it_is_read(url: str, path: str) -> None:
+    body = {"inputs": "x" * MAX_BODY, "prompt": "x"}
+    response = httpx.post(f"{url}{path}", json=body, timeout=30)
+    _assert_too_large(response)
+    assert f"given {len(response.request.content)} bytes" in response.json()["error"]
+
+
+def test_a_chunked_body_is_counted_as_it_arrives(url: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": "'
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = httpx.post(
+        f"{url}/generate",
+        content=chunks(),  # no Content-Length: sent chunked
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert "content-length" not in response.request.headers
+    _assert_too_large(response)
+    # a body under the limit still gets through on a fresh connection
+    ok = httpx.post(
+        f"{url}/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}}, timeout=60
+    )
+    assert ok.status_code == 200, ok.text
+
+
+def test_tokenize_refuses_more_tokens_than_the_model_takes(url: str) -> None:
+    long = "The quick brown fox jumps over the lazy dog. " * 8  # about 60 tokens
+    response = httpx.post(f"{url}/tokenize", json={"inputs": long}, timeout=30)
+    assert response.status_code == 422, response.text
+    assert "must have less than 32 tokens" in response.json()["error"]
+    short = httpx.post(f"{url}/tokenize", json={"inputs": "Hello world"}, timeout=30)
+    assert short.status_code == 200 and short.json()[-1]["stop"] == len("Hello world")
+
+
+def test_tokenize_offsets_stay_inside_text_the_tokenizer_does_not_know(url: str) -> None:
+    text = "\U0009b8fb\u0091\u00c0V\u00be"  # found by schemathesis: offsets ran to 17 of 5
+    tokens = httpx.post(f"{url}/tokenize", json={"inputs": text}, timeout=30).json()
+    assert all(0 <= t["start"] <= t["stop"] <= len(text) for t in tokens), tokens
+    assert all(t["text"] == text[t["start"] : t["stop"]] for t in tokens)
+    assert [t["start"] for t in tokens] == sorted(t["start"] for t in tokens)
+
+
+def test_health_answers_quickly_while_large_requests_are_prepared(url: str) -> None:
+    # about 1 MB, encoded once: the server runs in this process, and encoding holds the GIL
+    big = json.dumps({"inputs": "Harry Potter and the Philosopher's Stone. " * 25_000}).encode()
+    done = threading.Event()
+    statuses: list[int] = []
+
+    def send_big_ones() -> None:  # one large request after another, until the calls end
+        with httpx.Client(base_url=url, timeout=120, headers=JSON) as big_client:
+            while not done.is_set():
+                statuses.append(big_client.post("/tokenize", content=big).status_code)
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.get("/health")  # the connection is open before the clock starts
+        sender = threading.Thread(target=send_big_ones)
+        sender.start()
+        time.sleep(0.2)  # the first body is on the wire, the tokenizer at work
+        latencies = []
+        for _ in range(50):
+            started = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - started)
+        done.set()
+        sender.join()
+    # a million characters are far more than 32 tokens: each one was tokenized, then refused
+    assert len(statuses) >= 2 and set(statuses) == {422}
+    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    print(f"/health p99 {p99 * 1000:.1f} ms over 50 calls beside {len(statuses)} 1 MB requests")
+    assert p99 < 0.050, sorted(latencies)[-5:]
