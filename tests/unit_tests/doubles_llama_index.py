@@ -1,5 +1,5 @@
-"""What the LlamaIndex tests share: a keyword embedder, three documents indexed with it, and an
-instrumentation handler that keeps the events (import after ``importorskip("llama_index.core")``).
+"""What the LlamaIndex tests share: a keyword embedder, three documents indexed with it, an LLM
+that keeps its prompts, and an instrumentation handler that keeps the events (import after ``importorskip("llama_index.core")``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.base import BaseEvent
+from llama_index.core.llms import MockLLM
 from pydantic import Field, PrivateAttr
 
 VOCAB = ["cats", "purr", "dogs", "bark", "python", "programming"]
@@ -54,6 +55,16 @@ class KeywordEmbedding(MockEmbedding):
     async def _aget_query_embedding(self, query: str) -> list[float]:
         self._queries.append(query)
         return self._vector_of(query)
+
+
+class PromptRecordingLLM(MockLLM):
+    """A MockLLM with a list for the prompts it is asked to complete (its subclasses record)."""
+
+    _prompts: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def prompts(self) -> list[str]:
+        return self._prompts
 
 
 class EventCollector(BaseEventHandler):

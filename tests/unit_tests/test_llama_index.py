@@ -12,7 +12,13 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from doubles_llama_index import ADVICE, EventCollector, KeywordEmbedding, build_index
+from doubles_llama_index import (
+    ADVICE,
+    EventCollector,
+    KeywordEmbedding,
+    PromptRecordingLLM,
+    build_index,
+)
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.base.llms.types import CompletionResponse
 from llama_index.core.instrumentation import get_dispatcher
@@ -20,7 +26,6 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.query_engine import TransformQueryEngine
 from llama_index.core.schema import QueryBundle
-from pydantic import PrivateAttr
 
 from bpo_integrations import BPOOptimizer
 from bpo_integrations.backends import CallableBackend
@@ -39,14 +44,8 @@ QUESTION = "Why do cats purr?"
 REWRITE = QUESTION + ADVICE
 
 
-class RecordingLLM(MockLLM):
+class RecordingLLM(PromptRecordingLLM):
     """MockLLM (it echoes its prompt) that also keeps every prompt it was asked to complete."""
-
-    _prompts: list[str] = PrivateAttr(default_factory=list)
-
-    @property
-    def prompts(self) -> list[str]:
-        return self._prompts
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         self._prompts.append(prompt)

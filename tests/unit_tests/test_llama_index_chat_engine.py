@@ -13,7 +13,13 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from doubles_llama_index import ADVICE, EventCollector, KeywordEmbedding, build_index
+from doubles_llama_index import (
+    ADVICE,
+    EventCollector,
+    KeywordEmbedding,
+    PromptRecordingLLM,
+    build_index,
+)
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.base.llms.types import (
     CompletionResponse,
@@ -28,8 +34,6 @@ from llama_index.core.chat_engine import (
     SimpleChatEngine,
 )
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.llms import MockLLM
-from pydantic import PrivateAttr
 
 from bpo_integrations import BPOOptimizer
 from bpo_integrations.backends import CallableBackend
@@ -40,14 +44,8 @@ FIRST = "Why do cats purr?"
 SECOND = "And why do dogs bark?"
 
 
-class RecordingLLM(MockLLM):
+class RecordingLLM(PromptRecordingLLM):
     """A MockLLM that keeps every prompt (sync, async, streamed) and answers ``Answer N.``."""
-
-    _prompts: list[str] = PrivateAttr(default_factory=list)
-
-    @property
-    def prompts(self) -> list[str]:
-        return self._prompts
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         self._prompts.append(prompt)
