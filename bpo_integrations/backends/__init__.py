@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bpo_integrations._lazy import lazy_getattr
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.backends.callable import CallableBackend
 from bpo_integrations.backends.factory import (
@@ -102,9 +103,4 @@ def from_llm(llm: Any, *, prompt_template: str | None = None, max_concurrency: i
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,8 +1,10 @@
-"""Pieces shared by the ``bpo`` commands: choosing a backend from options, and clean exits."""
+"""Pieces shared by the ``bpo`` commands: the optimizer's options, choosing a backend from them,
+the serving commands' checks, and clean exits."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from enum import Enum
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -14,13 +16,47 @@ from bpo_integrations.backends.factory import (
     create,
 )
 
-__all__ = ["RUNTIME_ERROR", "USAGE_ERROR", "BackendKind", "CliError", "build_backend", "fail"]
+__all__ = [
+    "RUNTIME_ERROR",
+    "USAGE_ERROR",
+    "AdapterOption",
+    "BackendKind",
+    "CliError",
+    "ModeName",
+    "ModeOption",
+    "PrecisionOption",
+    "build_backend",
+    "fail",
+    "missing_extra",
+    "warn_if_open",
+]
 
 USAGE_ERROR = 2
 """Exit code for bad options or bad input (the user must change the command or the file)."""
 
 RUNTIME_ERROR = 1
 """Exit code for failures while running (unreachable endpoint, model that cannot load)."""
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ModeName(str, Enum):
+    stable = "stable"
+    aggressive = "aggressive"
+    greedy = "greedy"
+
+
+AdapterOption = Annotated[
+    str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
+]
+PrecisionOption = Annotated[
+    str | None, typer.Option(help="local: how the model stores weights: f16, q8_0, q4_0.")
+]
+ModeOption = Annotated[
+    ModeName | None,
+    typer.Option(help="Decoding preset (default: the model's recommended one, else stable)."),
+]
 
 
 class CliError(Exception):
@@ -36,6 +72,25 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     """Print ``Error: message`` on stderr and exit with ``code``."""
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def missing_extra(command: str, extra: str, error: ImportError) -> NoReturn:
+    """Exit naming the extra that ``bpo <command>`` needs and the module found missing."""
+    fail(
+        f"bpo {command} needs the '{extra}' extra ({error.name} is missing): "
+        f"pip install 'bpo-integrations[{extra}]'",
+        RUNTIME_ERROR,
+    )
+
+
+def warn_if_open(host: str, api_key: str | None, what: str) -> None:
+    """Warn on stderr when a server listens beyond this machine without an API key."""
+    if host not in _LOOPBACK and api_key is None:
+        typer.echo(
+            f"Warning: listening on {host} without --api-key: anyone who can reach this "
+            f"host can {what}",
+            err=True,
+        )
 
 
 def build_backend(

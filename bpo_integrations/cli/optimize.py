@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +16,11 @@ from bpo_integrations.cli import app
 from bpo_integrations.cli._common import (
     RUNTIME_ERROR,
     USAGE_ERROR,
+    AdapterOption,
     BackendKind,
     CliError,
+    ModeOption,
+    PrecisionOption,
     build_backend,
     fail,
 )
@@ -36,12 +38,6 @@ _BACKEND_DOWN = frozenset(
 )
 """Fallbacks that mean the optimizer did not work at all (rather than a rejected rewrite): they
 stop the command. One prompt that ran out of time does too; a file's is written as a fallback."""
-
-
-class ModeName(str, Enum):
-    stable = "stable"
-    aggressive = "aggressive"
-    greedy = "greedy"
 
 
 @dataclass(frozen=True)
@@ -86,16 +82,9 @@ def optimize_command(
         str | None,
         typer.Option(help="local: hub id or folder (default: the built-in model); openai: name."),
     ] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="local: how the model stores weights: f16, q8_0, q4_0.")
-    ] = None,
-    mode: Annotated[
-        ModeName | None,
-        typer.Option(help="Decoding preset (default: the model's recommended one, else stable)."),
-    ] = None,
+    adapter: AdapterOption = None,
+    precision: PrecisionOption = None,
+    mode: ModeOption = None,
     iterations: Annotated[int, typer.Option(min=1, help="Rounds of re-optimization.")] = 1,
     timeout: Annotated[
         float, typer.Option(min=0.001, help="Latency budget per prompt, seconds.")

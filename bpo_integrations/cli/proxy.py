@@ -8,30 +8,26 @@ optimizer options are those of ``bpo optimize``.
 from __future__ import annotations
 
 from dataclasses import fields
-from enum import Enum
 from typing import Annotated, Any
 
 import typer
 
 from bpo_integrations.cli import app
 from bpo_integrations.cli._common import (
-    RUNTIME_ERROR,
     USAGE_ERROR,
+    AdapterOption,
     BackendKind,
     CliError,
+    ModeOption,
+    PrecisionOption,
     build_backend,
     fail,
+    missing_extra,
+    warn_if_open,
 )
 from bpo_integrations.proxy.config import ProxyConfig, redact_url
 
 _FIELDS = {f.name: f for f in fields(ProxyConfig)}
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class _Mode(str, Enum):
-    stable = "stable"
-    aggressive = "aggressive"
-    greedy = "greedy"
 
 
 def _option(name: str) -> Any:
@@ -69,16 +65,9 @@ def proxy(
             help="local: hub id or folder (default: the built-in model); openai: model name.",
         ),
     ] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="local: how the model stores weights: f16, q8_0, q4_0.")
-    ] = None,
-    mode: Annotated[
-        _Mode | None,
-        typer.Option(help="Decoding preset (default: the model's recommended one, else stable)."),
-    ] = None,
+    adapter: AdapterOption = None,
+    precision: PrecisionOption = None,
+    mode: ModeOption = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -115,11 +104,7 @@ def proxy(
     try:
         from bpo_integrations.proxy.server import run
     except ImportError as error:
-        fail(
-            f"bpo proxy needs the 'proxy' extra ({error.name} is missing): "
-            "pip install 'bpo-integrations[proxy]'",
-            RUNTIME_ERROR,
-        )
+        missing_extra("proxy", "proxy", error)
     try:
         engine = build_backend(
             backend, endpoint=endpoint, model=model, adapter=adapter, precision=precision
@@ -135,12 +120,7 @@ def proxy(
         from huggingface_hub import constants
 
         constants.HF_HUB_OFFLINE = False
-    if config.host not in _LOOPBACK and config.api_key is None:
-        typer.echo(
-            f"Warning: listening on {config.host} without --api-key: anyone who can reach this "
-            "host can use the upstream through the proxy",
-            err=True,
-        )
+    warn_if_open(config.host, config.api_key, "use the upstream through the proxy")
     if not config.upstream_base.endswith("/v1"):
         typer.echo(
             f"Note: the upstream {redact_url(config.upstream_base)} does not end in /v1; the "

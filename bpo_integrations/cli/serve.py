@@ -63,7 +63,13 @@ def serve(
     openai backends) work against it unchanged. Concurrent requests are decoded together by the
     engine's continuous batching.
     """
-    from bpo_integrations.cli._common import RUNTIME_ERROR, USAGE_ERROR, fail
+    from bpo_integrations.cli._common import (
+        RUNTIME_ERROR,
+        USAGE_ERROR,
+        fail,
+        missing_extra,
+        warn_if_open,
+    )
     from bpo_integrations.errors import BackendError
 
     try:
@@ -90,17 +96,8 @@ def serve(
     try:
         from bpo_integrations.serve.server import run
     except ImportError as error:
-        fail(
-            f"bpo serve needs the 'serve' extra ({error.name} is missing): "
-            "pip install 'bpo-integrations[serve]'",
-            RUNTIME_ERROR,
-        )
-    if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
-        typer.echo(
-            f"Warning: listening on {config.host} without --api-key: anyone who can reach this "
-            "host can use the model",
-            err=True,
-        )
+        missing_extra("serve", "serve", error)
+    warn_if_open(config.host, config.api_key, "use the model")
     try:
         run(config, log_level=log_level)
     except BackendError as error:

@@ -138,6 +138,18 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / norm if norm else 0.0
 
 
+_EMBEDDING_METHODS = (
+    ("embed_documents", "embed_query", "aembed_query", "aembed_documents"),  # LangChain
+    (  # LlamaIndex
+        "get_text_embedding_batch",
+        "get_query_embedding",
+        "aget_query_embedding",
+        "aget_text_embedding_batch",
+    ),
+)
+"""Each framework's embedding methods: documents, query, and their async twins."""
+
+
 class EmbeddingRetriever:
     """Cosine similarity of embeddings; the documents are embedded once, on first use.
 
@@ -176,27 +188,16 @@ class EmbeddingRetriever:
     def from_embeddings(cls, embeddings: Any, documents: Sequence[str]) -> EmbeddingRetriever:
         """Wrap a LangChain ``Embeddings`` (``embed_documents``/``embed_query``) or a LlamaIndex
         ``BaseEmbedding`` (``get_text_embedding_batch``/``get_query_embedding``)."""
-        label = type(embeddings).__name__
-        if hasattr(embeddings, "embed_documents") and hasattr(embeddings, "embed_query"):
-            return cls(
-                documents,
-                embeddings.embed_documents,
-                embeddings.embed_query,
-                aembed_query=getattr(embeddings, "aembed_query", None),
-                aembed_documents=getattr(embeddings, "aembed_documents", None),
-                label=label,
-            )
-        if hasattr(embeddings, "get_text_embedding_batch") and hasattr(
-            embeddings, "get_query_embedding"
-        ):
-            return cls(
-                documents,
-                embeddings.get_text_embedding_batch,
-                embeddings.get_query_embedding,
-                aembed_query=getattr(embeddings, "aget_query_embedding", None),
-                aembed_documents=getattr(embeddings, "aget_text_embedding_batch", None),
-                label=label,
-            )
+        for documents_name, query_name, aquery_name, adocuments_name in _EMBEDDING_METHODS:
+            if hasattr(embeddings, documents_name) and hasattr(embeddings, query_name):
+                return cls(
+                    documents,
+                    getattr(embeddings, documents_name),
+                    getattr(embeddings, query_name),
+                    aembed_query=getattr(embeddings, aquery_name, None),
+                    aembed_documents=getattr(embeddings, adocuments_name, None),
+                    label=type(embeddings).__name__,
+                )
         raise TypeError(
             f"embeddings must be a LangChain Embeddings (embed_documents, embed_query) or a "
             f"LlamaIndex BaseEmbedding (get_text_embedding_batch, get_query_embedding), got "

@@ -8,9 +8,20 @@ the first text block is replaced (images and other blocks stay as they are).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
-from langchain_core.messages import BaseMessage, ChatMessage, convert_to_messages
+from langchain_core.messages import (
+    BaseMessage,
+    ChatMessage,
+    MessageLikeRepresentation,
+    convert_to_messages,
+)
+from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
+
+PromptInput = Union[  # noqa: UP007 - pydantic builds the input schema from this at runtime
+    str, StringPromptValue, ChatPromptValue, list[MessageLikeRepresentation], dict[str, Any]
+]
+"""What the Runnables accept: a prompt, a prompt value, messages, or a dict holding one of them."""
 
 _HUMAN_ROLES = frozenset({"human", "user"})
 

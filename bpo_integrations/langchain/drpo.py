@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     HumanMessage,
-    MessageLikeRepresentation,
     SystemMessage,
 )
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
@@ -33,11 +32,14 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, field_validator
 
 from bpo_integrations.drpo import Alignment, AlignmentArtifact, DRPOAligner
-from bpo_integrations.langchain._messages import as_message, human_indices, message_text
+from bpo_integrations.langchain._messages import (
+    PromptInput,
+    as_message,
+    human_indices,
+    message_text,
+)
 
-DRPOInput = Union[  # noqa: UP007 - pydantic builds the input schema from this at runtime
-    str, StringPromptValue, ChatPromptValue, list[MessageLikeRepresentation], dict[str, Any]
-]
+DRPOInput = PromptInput
 """What :class:`DRPORunnable` accepts."""
 
 ALIGNMENT_EVENT = "drpo_alignment"

@@ -7,19 +7,19 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
     CallbackManagerForChainRun,
 )
-from langchain_core.messages import MessageLikeRepresentation
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from bpo_integrations._faces import as_optimizer
 from bpo_integrations.langchain._messages import (
+    PromptInput,
     as_message,
     element_with_text,
     human_indices,
@@ -30,9 +30,7 @@ from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.result import OptimizationResult
 from bpo_integrations.settings import Mode
 
-BPOInput = Union[  # noqa: UP007 - pydantic builds the input schema from this at runtime
-    str, StringPromptValue, ChatPromptValue, list[MessageLikeRepresentation], dict[str, Any]
-]
+BPOInput = PromptInput
 """What :class:`BPORunnable` accepts, and returns with only the user's text optimized."""
 
 OPTIMIZATION_EVENT = "bpo_optimization"

@@ -11,8 +11,9 @@ uses them); the app needs the ``proxy`` extra: ``pip install 'bpo-integrations[p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bpo_integrations._lazy import lazy_getattr
 from bpo_integrations.proxy.config import ProxyConfig
 from bpo_integrations.proxy.outcome import Outcome
 from bpo_integrations.proxy.rewrite import Skip
@@ -30,9 +31,4 @@ _LAZY = {
 __all__ = ["Outcome", "ProxyConfig", "Skip", "create_app", "run", "serve_in_thread"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,13 +6,12 @@ included (at most ``graceful_shutdown_s``): uvicorn's graceful shutdown.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI
 
+from bpo_integrations._uvicorn_thread import uvicorn_in_thread
 from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.proxy.app import create_app
 from bpo_integrations.proxy.config import ProxyConfig
@@ -70,20 +69,7 @@ def serve_in_thread(
         ...     httpx.get(url + "/health").json()
         {'status': 'ok'}
     """
-    import uvicorn
-
-    server = uvicorn.Server(_uvicorn_config(app, host, port, "warning", backlog=4096))
-    thread = threading.Thread(target=server.run, name="bpo-proxy-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"bpo proxy did not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with uvicorn_in_thread(
+        _uvicorn_config(app, host, port, "warning", backlog=4096), "bpo proxy", startup_timeout
+    ) as url:
+        yield url

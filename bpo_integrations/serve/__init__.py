@@ -6,8 +6,9 @@ Submodules import their dependencies; this package itself imports nothing heavy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bpo_integrations._lazy import lazy_getattr
 from bpo_integrations.serve.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -26,9 +27,4 @@ _LAZY = {
 __all__ = ["Engine", "ServeConfig", "build_app", "create_app", "run", "serve_in_thread"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,13 +6,12 @@ SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in flight fin
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI
 
+from bpo_integrations._uvicorn_thread import uvicorn_in_thread
 from bpo_integrations.serve.config import ServeConfig
 
 
@@ -76,18 +75,6 @@ def serve_in_thread(
     """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="bpo-serve-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"bpo serve did not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    with uvicorn_in_thread(config, "bpo serve", startup_timeout) as url:
+        yield url

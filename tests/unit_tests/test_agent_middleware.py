@@ -3,11 +3,7 @@ the rewrite on every call of the turn, and the agent state keeps what the user w
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +11,7 @@ import pytest
 
 pytest.importorskip("langchain.agents", reason="needs the agents extra: pip install -e '.[agents]'")
 
+from example_runs import run_example_offline
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import GenericFakeChatModel
@@ -30,7 +27,6 @@ from bpo_integrations.errors import BackendUnavailableError
 from bpo_integrations.langchain import OPTIMIZATION_EVENT, BPOMiddleware
 from bpo_integrations.testing.backends import RecordingBackend
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = " Give the temperature in Celsius."
 FIRST = "What's the weather in Paris?"
 SECOND = "And in Rome?"
@@ -258,16 +254,7 @@ def test_constructor_validates_arguments(optimizer: BPOOptimizer) -> None:
 
 
 def test_agent_example_runs_offline() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BPO_", "OPENAI_"))}
-    env["HF_HUB_OFFLINE"] = "1"
-    out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "langchain_agent.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=REPO,
-    )
+    out = run_example_offline("langchain_agent.py")
     assert out.returncode == 0, out.stderr
     assert "optimizations this turn: 1" in out.stdout
     assert "state keeps: What's the weather in Paris?" in out.stdout

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from example_runs import run_example_offline
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import LLM, BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -27,7 +26,6 @@ from bpo_integrations.langchain import OPTIMIZATION_EVENT, BPORunnable, Runnable
 from bpo_integrations.langchain import runnable as runnable_module
 from bpo_integrations.testing.backends import RecordingBackend
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = " Explain step by step."
 
 
@@ -392,16 +390,7 @@ def test_runnable_does_not_need_the_langchain_agents_package() -> None:
 
 
 def test_lcel_example_runs_offline() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BPO_", "OPENAI_"))}
-    env["HF_HUB_OFFLINE"] = "1"
-    out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "langchain_lcel.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=REPO,
-    )
+    out = run_example_offline("langchain_lcel.py")
     assert out.returncode == 0, out.stderr
     assert "the model was asked:" in out.stdout
     assert "bpo fell back: False" in out.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,20 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import Document, Settings, VectorStoreIndex
+from doubles_llama_index import (
+    ADVICE,
+    EventCollector,
+    KeywordEmbedding,
+    PromptRecordingLLM,
+    build_index,
+)
+from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.base.llms.types import CompletionResponse
-from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.llms import MockLLM
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.query_engine import TransformQueryEngine
 from llama_index.core.schema import QueryBundle
-from pydantic import Field, PrivateAttr
 
 from bpo_integrations import BPOOptimizer
 from bpo_integrations.backends import CallableBackend
@@ -38,70 +40,16 @@ from bpo_integrations.llama_index import query_engine as query_engine_module
 from bpo_integrations.llama_index import query_transform as query_transform_module
 
 REPO = Path(__file__).resolve().parents[2]
-VOCAB = ["cats", "purr", "dogs", "bark", "python", "programming"]
-DOCS = {
-    "cat": "Cats purr when they are content, and sometimes when they are hurt.",
-    "dog": "Dogs bark to warn their owners and to greet them.",
-    "python": "Python is a programming language; python programming is popular.",
-}
 QUESTION = "Why do cats purr?"
-# What a rewrite adds is advice to the answering model; here its words match the python document,
-# so embedding the rewrite visibly pulls retrieval off topic.
-ADVICE = " Answer like a python programming expert would explain python code."
 REWRITE = QUESTION + ADVICE
 
 
-class KeywordEmbedding(MockEmbedding):
-    """A MockEmbedding whose vectors count vocabulary words, and which records each query text."""
-
-    _queries: list[str] = PrivateAttr(default_factory=list)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(embed_dim=len(VOCAB) + 1, **kwargs)
-
-    @property
-    def queries(self) -> list[str]:
-        return self._queries
-
-    @staticmethod
-    def _vector_of(text: str) -> list[float]:
-        words = re.findall(r"[a-z]+", text.lower())
-        return [float(words.count(w)) for w in VOCAB] + [1.0]
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._vector_of(text)
-
-    async def _aget_text_embedding(self, text: str) -> list[float]:
-        return self._vector_of(text)
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        self._queries.append(query)
-        return self._vector_of(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        self._queries.append(query)
-        return self._vector_of(query)
-
-
-class RecordingLLM(MockLLM):
+class RecordingLLM(PromptRecordingLLM):
     """MockLLM (it echoes its prompt) that also keeps every prompt it was asked to complete."""
-
-    _prompts: list[str] = PrivateAttr(default_factory=list)
-
-    @property
-    def prompts(self) -> list[str]:
-        return self._prompts
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         self._prompts.append(prompt)
         return super().complete(prompt, formatted=formatted, **kwargs)
-
-
-class EventCollector(BaseEventHandler):
-    events: list[BaseEvent] = Field(default_factory=list)
-
-    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture
@@ -120,10 +68,7 @@ def llm(monkeypatch: pytest.MonkeyPatch) -> RecordingLLM:
 
 @pytest.fixture
 def index(embedder: KeywordEmbedding) -> VectorStoreIndex:
-    documents = [Document(text=text, doc_id=name) for name, text in DOCS.items()]
-    built = VectorStoreIndex.from_documents(documents, embed_model=embedder)
-    embedder.queries.clear()
-    return built
+    return build_index(embedder)
 
 
 def rewriter(calls: list[str] | None = None) -> CallableBackend:

@@ -4,7 +4,6 @@ rewrite, retrieval and the condense step see the user's words, memory keeps them
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,14 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import Document, Settings, VectorStoreIndex
+from doubles_llama_index import (
+    ADVICE,
+    EventCollector,
+    KeywordEmbedding,
+    PromptRecordingLLM,
+    build_index,
+)
+from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseGen,
@@ -27,70 +33,19 @@ from llama_index.core.chat_engine import (
     ContextChatEngine,
     SimpleChatEngine,
 )
-from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events.base import BaseEvent
-from llama_index.core.llms import MockLLM
-from pydantic import Field, PrivateAttr
 
 from bpo_integrations import BPOOptimizer
 from bpo_integrations.backends import CallableBackend
 from bpo_integrations.errors import BackendUnavailableError
 from bpo_integrations.llama_index import BPOChatEngine, BPOChatMessageOptimizedEvent
 
-VOCAB = ["cats", "purr", "dogs", "bark", "python", "programming"]
-DOCS = {
-    "cat": "Cats purr when they are content, and sometimes when they are hurt.",
-    "dog": "Dogs bark to warn their owners and to greet them.",
-    "python": "Python is a programming language; python programming is popular.",
-}
 FIRST = "Why do cats purr?"
 SECOND = "And why do dogs bark?"
-# The rewrite's advice matches the python document: retrieving with it would visibly go wrong.
-ADVICE = " Answer like a python programming expert would explain python code."
 
 
-class KeywordEmbedding(MockEmbedding):
-    """A MockEmbedding whose vectors count vocabulary words; records each query it embeds."""
-
-    _queries: list[str] = PrivateAttr(default_factory=list)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(embed_dim=len(VOCAB) + 1, **kwargs)
-
-    @property
-    def queries(self) -> list[str]:
-        return self._queries
-
-    @staticmethod
-    def _vector_of(text: str) -> list[float]:
-        words = re.findall(r"[a-z]+", text.lower())
-        return [float(words.count(w)) for w in VOCAB] + [1.0]
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._vector_of(text)
-
-    async def _aget_text_embedding(self, text: str) -> list[float]:
-        return self._vector_of(text)
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        self._queries.append(query)
-        return self._vector_of(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        self._queries.append(query)
-        return self._vector_of(query)
-
-
-class RecordingLLM(MockLLM):
+class RecordingLLM(PromptRecordingLLM):
     """A MockLLM that keeps every prompt (sync, async, streamed) and answers ``Answer N.``."""
-
-    _prompts: list[str] = PrivateAttr(default_factory=list)
-
-    @property
-    def prompts(self) -> list[str]:
-        return self._prompts
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         self._prompts.append(prompt)
@@ -102,13 +57,6 @@ class RecordingLLM(MockLLM):
         self._prompts.append(prompt)
         text = f"Answer {len(self._prompts)}."
         yield CompletionResponse(text=text, delta=text)
-
-
-class EventCollector(BaseEventHandler):
-    events: list[BaseEvent] = Field(default_factory=list)
-
-    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture
@@ -125,10 +73,7 @@ def llm() -> RecordingLLM:
 
 @pytest.fixture
 def index(embedder: KeywordEmbedding) -> VectorStoreIndex:
-    documents = [Document(text=text, doc_id=name) for name, text in DOCS.items()]
-    built = VectorStoreIndex.from_documents(documents, embed_model=embedder)
-    embedder.queries.clear()
-    return built
+    return build_index(embedder)
 
 
 @pytest.fixture

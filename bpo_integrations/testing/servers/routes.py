@@ -12,6 +12,7 @@ from bpo_integrations.testing.servers.faults import Fault, is_kind
 from bpo_integrations.testing.servers.script import (
     RequestInvalid,
     ScriptedCompletion,
+    complete,
     last_user_text,
     openai_finish,
     split_words,
@@ -43,7 +44,8 @@ def generate(
     seed = params.get("seed")
     if seed is None and params.get("do_sample"):
         seed = random.randint(1, 2**31)
-    done = server._complete(
+    done = complete(
+        server.responders,
         inputs,
         fault,
         max_tokens=params.get("max_new_tokens"),
@@ -130,7 +132,8 @@ def _completion_choice(
 ) -> tuple[dict[str, Any], ScriptedCompletion]:
     if not isinstance(text, str) or not text:
         raise RequestInvalid("`prompt` must be a string or a non-empty list of strings")
-    done = handler.scripted._complete(
+    done = complete(
+        handler.scripted.responders,
         text,
         fault,
         max_tokens=body.get("max_tokens", 16),
@@ -199,7 +202,8 @@ def streamed_completion(
         raise RequestInvalid("`prompt` must be a string or a list of strings")
     stop = stop_list(body)
     done = [
-        server._complete(
+        complete(
+            server.responders,
             p,
             fault,
             max_tokens=body.get("max_tokens", 16),
@@ -240,7 +244,8 @@ def chat(handler: ScriptedHandler, body: dict[str, Any], fault: Fault | None) ->
     if not isinstance(messages, list) or not messages:
         raise RequestInvalid("`messages` must be a non-empty list")
     text = last_user_text(messages)
-    done = server._complete(
+    done = complete(
+        server.responders,
         text,
         fault,
         max_tokens=body.get("max_tokens", body.get("max_completion_tokens")),

@@ -19,8 +19,6 @@ from bpo_integrations.testing.servers.handler import handler_for
 from bpo_integrations.testing.servers.identity import DEFAULT_VERSIONS, FLAVORS, Flavor
 from bpo_integrations.testing.servers.script import (
     Responders,
-    ScriptedCompletion,
-    complete,
     echo,
 )
 
@@ -263,25 +261,7 @@ class ScriptedServer:
             else:
                 self._connections.discard(conn)
 
-    def _complete(
-        self,
-        text: str,
-        fault: Fault | None,
-        *,
-        max_tokens: int | None,
-        stop: list[str],
-        seed: int | None,
-        keep_stop: bool,
-        messages: list[dict[str, Any]] | None = None,
-    ) -> ScriptedCompletion:
-        responders = Responders(self.responder, self.chat_responder)
-        return complete(
-            responders,
-            text,
-            fault,
-            max_tokens=max_tokens,
-            stop=stop,
-            seed=seed,
-            keep_stop=keep_stop,
-            messages=messages,
-        )
+    @property
+    def responders(self) -> Responders:
+        """What answers a prompt now (the responders can be swapped while serving)."""
+        return Responders(self.responder, self.chat_responder)
