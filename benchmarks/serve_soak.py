@@ -16,7 +16,7 @@ import json
 import statistics
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from benchmarks._common import Figure, Section, load_prompts
 from benchmarks.served import bpo_serve
 
 RSS_TARGET = 0.10
+HEALTH_P99_TARGET_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -172,14 +173,17 @@ async def _client(
                 record(probe, f"error: {type(error).__name__}", time.perf_counter() - started)
 
 
-async def _soak(url: str, clients: int, seconds: float) -> tuple[Counter[str], list[float]]:
+async def _soak(
+    url: str, clients: int, seconds: float
+) -> tuple[Counter[str], dict[str, list[float]]]:
+    """Statuses (``"kind: status"``) and latencies by kind of request."""
     probes = request_mix(load_prompts(1)[0])
     statuses: Counter[str] = Counter()
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = defaultdict(list)
 
     def record(probe: Probe, status: int | str, elapsed: float) -> None:
         statuses[f"{probe.name}: {status}"] += 1
-        latencies.append(elapsed)
+        latencies[probe.name].append(elapsed)
 
     until = time.monotonic() + seconds
     share = -(-len(probes) // clients)  # each client starts at its own share: all kinds are sent
@@ -187,6 +191,10 @@ async def _soak(url: str, clients: int, seconds: float) -> tuple[Counter[str], l
         *(_client(url, probes, i * share, until, record, at_least=share) for i in range(clients))
     )
     return statuses, latencies
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
 
 
 def _is_failure(status_line: str) -> bool:
@@ -203,13 +211,13 @@ def run(
         asyncio.run(_soak(server.url, clients, seconds))
         time.sleep(settle)
         before = rss.now()
-        statuses, latencies = asyncio.run(_soak(server.url, clients, seconds))
+        statuses, by_kind = asyncio.run(_soak(server.url, clients, seconds))
         time.sleep(settle)
         after = rss.now()
         peak = rss.peak
     failures = sum(n for line, n in statuses.items() if _is_failure(line))
-    p50 = statistics.median(latencies)
-    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else latencies[0]
+    latencies = [t for values in by_kind.values() for t in values]
+    p50, p99, health_p99 = statistics.median(latencies), _p99(latencies), _p99(by_kind["health"])
     growth = (after - before) / before
     section = Section(
         title="Soak: valid and hostile requests against bpo serve",
@@ -226,10 +234,23 @@ def run(
     section.notes = [
         f"{len(latencies)} requests; latency p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms.",
         f"RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB.",
+        "Latency p50 by kind: "
+        + ", ".join(
+            f"{kind} {statistics.median(values) * 1e3:.0f} ms"
+            for kind, values in sorted(by_kind.items())
+        )
+        + ".",
     ]
     section.figures = [
         Figure("5xx answers or broken connections", failures, "", "0", failures == 0),
         Figure("Latency p99, every request", p99 * 1e3, "ms", "report", None),
+        Figure(
+            "`/health` latency p99 (the event loop is never blocked)",
+            health_p99 * 1e3,
+            "ms",
+            f"< {HEALTH_P99_TARGET_MS:g} ms",
+            health_p99 * 1e3 < HEALTH_P99_TARGET_MS,
+        ),
         Figure("Peak RSS during the soak", peak, "MiB", "report", None),
         Figure(
             "RSS after the soak vs before",
