@@ -31,6 +31,7 @@ from bpo_integrations.backends.local import LocalBackend
 from bpo_integrations.backends.openai import OpenAIBackend
 from bpo_integrations.cli import app as cli
 from bpo_integrations.errors import BackendError
+from bpo_integrations.guards import DEFAULT_MODEL_GUARDS
 from bpo_integrations.models import default_adapter_path, ensure_default_model
 from bpo_integrations.settings import GenerationSettings
 from bpo_integrations.template import join_context
@@ -141,7 +142,10 @@ def in_process(dev_prompts: list[str]) -> list[tuple[str, bool, str | None]]:
 def _on_vllm(url: str, model: str, prompts: list[str]) -> list[tuple[str, bool, str | None]]:
     backend = OpenAIBackend(model, base_url=url + "/v1", timeout=120)
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=MAX_NEW_TOKENS)
-    optimizer = BPOOptimizer(backend, settings=settings, timeout=600, cache_size=0)
+    # the default model behind a server: the acceptance rules BPOOptimizer() gives it in-process
+    optimizer = BPOOptimizer(
+        backend, settings=settings, timeout=600, cache_size=0, guards=DEFAULT_MODEL_GUARDS
+    )
     results = optimizer.optimize_batch(prompts)
     optimizer.close()
     return [(r.optimized, r.fell_back, r.fallback_reason) for r in results]

@@ -18,6 +18,7 @@ from bpo_trainer.infer import InferConfig, run_infer
 
 from bpo_integrations import BPOOptimizer
 from bpo_integrations.backends.local import LocalBackend
+from bpo_integrations.guards import Guards
 from bpo_integrations.jsonl import read_jsonl
 from bpo_integrations.models import default_adapter_path, ensure_default_model
 from bpo_integrations.settings import GenerationSettings
@@ -59,8 +60,8 @@ def test_the_vllm_engine_rewrites_as_the_in_process_backend_and_resumes(
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=128)
     backend = LocalBackend()
     try:
-        expected = BPOOptimizer(
-            backend, settings=settings, timeout=3600, cache_size=0
+        expected = BPOOptimizer(  # infer's rules (Guards()), not the default model's keep rule
+            backend, settings=settings, timeout=3600, cache_size=0, guards=Guards()
         ).optimize_batch([r["instruction"] for r in records])
     finally:
         backend.close()
