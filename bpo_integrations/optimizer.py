@@ -16,7 +16,7 @@ from bpo_integrations.budget import generate_within_budget
 from bpo_integrations.cache import LRUCache
 from bpo_integrations.circuit import CircuitBreaker
 from bpo_integrations.errors import BackendUnavailableError, GuardError, fallback_reason_of
-from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, Guards
+from bpo_integrations.guards import Guards
 from bpo_integrations.postprocess import clean_completion
 from bpo_integrations.result import FallbackReason, OptimizationResult
 from bpo_integrations.settings import GenerationSettings, Mode
@@ -101,9 +101,9 @@ class BPOOptimizer:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        from bpo_integrations.backends.local import LocalBackend
-
         if backend is None:
+            from bpo_integrations.backends.local import LocalBackend
+
             backend = LocalBackend()
         if max_concurrency is None:
             max_concurrency = backend.max_concurrency or 8
@@ -115,14 +115,7 @@ class BPOOptimizer:
         self.timeout = timeout
         self.on_error: OnError = on_error
         self.max_retries = max_retries
-        if guards is None:
-            shipped = (
-                isinstance(backend, LocalBackend)
-                and backend.model_id is None
-                and backend.adapter_id is None
-            )
-            guards = DEFAULT_MODEL_GUARDS if shipped else Guards()
-        self.guards = guards
+        self.guards = guards or backend.recommended_guards() or Guards()
         self.cache: LRUCache[OptimizationResult] = LRUCache(cache_size)
         self.max_concurrency = max_concurrency
         self.max_input_chars = max_input_chars

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 from bpo_integrations.settings import Generation, GenerationSettings
+
+if TYPE_CHECKING:
+    from bpo_integrations.guards import Guards
 
 
 class Backend(ABC):
@@ -40,6 +44,11 @@ class Backend(ABC):
 
     def recommended_settings(self) -> GenerationSettings | None:
         """How this backend's model decodes best when no mode is named (``None``: stable)."""
+        return None
+
+    def recommended_guards(self) -> Guards | None:
+        """The acceptance rules this backend's model needs when none are given (``None``:
+        :class:`~bpo_integrations.guards.Guards`)."""
         return None
 
     def cache_identity(self) -> Hashable:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Hashable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bpo_integrations.backends.base import Backend
 from bpo_integrations.errors import BackendError, OptimizationTimeoutError
@@ -24,6 +24,9 @@ from bpo_integrations.inference.engine import (
 from bpo_integrations.inference.gguf_files import PRECISIONS, Precision
 from bpo_integrations.settings import Generation, GenerationSettings
 from bpo_integrations.template import format_bpo_message, format_bpo_prompt
+
+if TYPE_CHECKING:
+    from bpo_integrations.guards import Guards
 
 TemplateKind = Literal["auto", "bpo", "chat"]
 
@@ -281,6 +284,15 @@ class LocalBackend(Backend):
             return GenerationSettings.for_mode(
                 "greedy", min_new_tokens_from_prompt=True, max_new_tokens=256
             )
+        return None
+
+    def recommended_guards(self) -> Guards | None:
+        """The embedded default model also gets the keep rule (see
+        :data:`~bpo_integrations.guards.DEFAULT_MODEL_GUARDS`)."""
+        if self.model_id is None and self.adapter_id is None:
+            from bpo_integrations.guards import DEFAULT_MODEL_GUARDS
+
+            return DEFAULT_MODEL_GUARDS
         return None
 
     def cache_identity(self) -> Hashable:
