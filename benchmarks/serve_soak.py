@@ -175,14 +175,14 @@ async def _client(
 
 async def _soak(
     url: str, clients: int, seconds: float
-) -> tuple[Counter[str], dict[str, list[float]]]:
-    """Statuses (``"kind: status"``) and latencies by kind of request."""
+) -> tuple[Counter[tuple[str, int | str]], dict[str, list[float]]]:
+    """How often each kind of request got each status, and latencies by kind."""
     probes = request_mix(load_prompts(1)[0])
-    statuses: Counter[str] = Counter()
+    statuses: Counter[tuple[str, int | str]] = Counter()
     latencies: dict[str, list[float]] = defaultdict(list)
 
     def record(probe: Probe, status: int | str, elapsed: float) -> None:
-        statuses[f"{probe.name}: {status}"] += 1
+        statuses[probe.name, status] += 1
         latencies[probe.name].append(elapsed)
 
     until = time.monotonic() + seconds
@@ -197,9 +197,9 @@ def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
 
 
-def _is_failure(status_line: str) -> bool:
-    status = status_line.rsplit(": ", 1)[1]
-    return not status.isdigit() or int(status) >= 500
+def _is_failure(status: int | str) -> bool:
+    """A 5xx, or no answer at all (``status`` is then the client's error)."""
+    return not isinstance(status, int) or status >= 500
 
 
 def run(
@@ -215,7 +215,7 @@ def run(
         time.sleep(settle)
         after = rss.now()
         peak = rss.peak
-    failures = sum(n for line, n in statuses.items() if _is_failure(line))
+    failures = sum(n for (_, status), n in statuses.items() if _is_failure(status))
     latencies = [t for values in by_kind.values() for t in values]
     p50, p99, health_p99 = statistics.median(latencies), _p99(latencies), _p99(by_kind["health"])
     growth = (after - before) / before
@@ -230,7 +230,10 @@ def run(
         ),
         header=("Request: status", "Count"),
     )
-    section.rows = [(line, str(n)) for line, n in sorted(statuses.items())]
+    section.rows = [
+        (f"{kind}: {status}", str(n))
+        for (kind, status), n in sorted(statuses.items(), key=lambda item: str(item[0]))
+    ]
     section.notes = [
         f"{len(latencies)} requests; latency p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms.",
         f"RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB.",

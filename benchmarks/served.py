@@ -84,7 +84,7 @@ def bpo_serve(
 def run(
     *, model: str | None, prompts: int = 16, repeats: int = 5, max_new_tokens: int = 64
 ) -> Section:
-    from bpo_integrations import BPOOptimizer, GenerationSettings
+    from bpo_integrations import BPOOptimizer, GenerationSettings, OptimizationResult
     from bpo_integrations.backends import TGIBackend
     from bpo_integrations.testing.servers import hf_inference_online
 
@@ -97,7 +97,7 @@ def run(
             TGIBackend(server.url), settings=settings, timeout=3600, cache_size=0
         )
 
-        def check(results: list) -> None:
+        def check(results: list[OptimizationResult]) -> None:
             failed = [r.fallback_reason for r in results if r.fallback_reason is not None]
             broken = [reason for reason in failed if reason.is_backend_failure]
             if broken:
