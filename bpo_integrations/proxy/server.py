@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -16,8 +17,18 @@ from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.proxy.app import create_app
 from bpo_integrations.proxy.config import ProxyConfig
 
+if TYPE_CHECKING:
+    import uvicorn
 
-def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str, **options: object):
+
+def _uvicorn_config(
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    graceful_shutdown_s: float | None = None,
+) -> uvicorn.Config:
     import uvicorn
 
     # The upstream's own Date and Server headers go through; uvicorn adds none of its own.
@@ -28,7 +39,9 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str, **option
         log_level=log_level,
         server_header=False,
         date_header=False,
-        **options,
+        backlog=4096,
+        # typed int, but uvicorn hands it to asyncio.timeout, which takes any seconds
+        timeout_graceful_shutdown=graceful_shutdown_s,  # type: ignore[arg-type]
     )
 
 
@@ -48,8 +61,7 @@ def run(
         config.host,
         config.port,
         log_level,
-        timeout_graceful_shutdown=graceful_shutdown_s,
-        backlog=4096,
+        graceful_shutdown_s=graceful_shutdown_s,
     )
     uvicorn.Server(settings).run()
 
@@ -70,6 +82,6 @@ def serve_in_thread(
         {'status': 'ok'}
     """
     with uvicorn_in_thread(
-        _uvicorn_config(app, host, port, "warning", backlog=4096), "bpo proxy", startup_timeout
+        _uvicorn_config(app, host, port, "warning"), "bpo proxy", startup_timeout
     ) as url:
         yield url
