@@ -1,8 +1,9 @@
 """The optimizer model in-process, on OpenVINO GenAI: no server to run, no GPU needed.
 
 The model is prepared once (merged, converted, cached: :mod:`bpo_integrations.inference.prepare`)
-and run by :class:`~bpo_integrations.inference.openvino.OpenVINOEngine`, whose continuous batching
-serves every thread and coroutine of the process at once.
+and run by :class:`~bpo_integrations.inference.openvino.OpenVINOEngine` in a process of its own
+(:class:`~bpo_integrations.inference.engine_process.EngineProcess`), whose continuous batching
+serves every thread and coroutine of this process at once without ever holding its GIL.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class LocalBackend(Backend):
 
     @property
     def engine(self) -> Any:
-        """The :class:`~bpo_integrations.inference.openvino.OpenVINOEngine` (loads on access)."""
+        """The :class:`~bpo_integrations.inference.engine_process.EngineProcess` running the
+        model (loads on access)."""
         return self.load()._engine
 
     @property
@@ -167,7 +169,7 @@ class LocalBackend(Backend):
             raise BackendError(
                 f"the local backend needs OpenVINO GenAI ({error.name} is missing): {_INSTALL_HINT}"
             ) from error
-        from bpo_integrations.inference.openvino import OpenVINOEngine
+        from bpo_integrations.inference.engine_process import EngineProcess
         from bpo_integrations.inference.prepare import prepare_model
         from bpo_integrations.models import cache_dir
 
@@ -183,7 +185,7 @@ class LocalBackend(Backend):
                 f"{type(error).__name__}: {error} (set BPO_CACHE_DIR to a writable folder)"
             ) from error
         try:
-            engine = OpenVINOEngine(
+            engine = EngineProcess(
                 prepared.path,
                 max_batch_size=self.max_concurrency,
                 kv_cache_gb=self.kv_cache_gb,

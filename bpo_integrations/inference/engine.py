@@ -217,6 +217,11 @@ class InferenceEngine(Protocol):
     @property
     def has_chat_template(self) -> bool: ...
 
+    @property
+    def max_token_bytes(self) -> int:
+        """The UTF-8 length of the tokenizer's longest token."""
+        ...
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> EngineRequest: ...
 
     @property

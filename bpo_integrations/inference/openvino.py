@@ -10,6 +10,7 @@ made, never by ``import bpo_integrations``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import queue
@@ -88,10 +89,9 @@ class OpenVINOEngine:
         self._pipeline = openvino_genai.ContinuousBatchingPipeline(
             str(self.path), scheduler, device, properties
         )
-        self._tokenizer = self._pipeline.get_tokenizer()
-        self._tokenizer_lock = threading.Lock()
+        self.tokenizer = OpenVINOTokenizer(self._pipeline.get_tokenizer())
         defaults = self._pipeline.get_config()  # the model's generation_config.json, if any
-        eos = {int(self._tokenizer.get_eos_token_id()), *map(int, defaults.stop_token_ids)}
+        eos = {self.tokenizer.eos_token_id, *map(int, defaults.stop_token_ids)}
         self.eos_token_ids: tuple[int, ...] = tuple(sorted(eos))
         self.max_positions: int | None = None
         self._ids = itertools.count()
@@ -107,37 +107,37 @@ class OpenVINOEngine:
     # -- tokenizer ------------------------------------------------------------------------------
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        with self._tokenizer_lock:
-            encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
-        return [int(i) for i in encoded.input_ids.data[0]]
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        if not ids:
-            return ""
-        with self._tokenizer_lock:
-            return str(
-                self._tokenizer.decode(
-                    [int(i) for i in ids], skip_special_tokens=skip_special_tokens
-                )
-            )
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(self._tokenizer.chat_template)
+        return self.tokenizer.has_chat_template
+
+    @property
+    def max_token_bytes(self) -> int:
+        return self.tokenizer.max_token_bytes
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        with self._tokenizer_lock:
-            return str(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return self.tokenizer.apply_chat_template(messages)
 
     # -- requests -------------------------------------------------------------------------------
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> EngineRequest:
         """Hand a request to the engine's thread; read it from the returned handle."""
+        request = EngineRequest(next(self._ids), len(prompt_ids))
+        self.submit_request(request, prompt_ids, params)
+        return request
+
+    def submit_request(
+        self, request: EngineRequest, prompt_ids: Sequence[int], params: SamplingParams
+    ) -> None:
+        """:meth:`submit` with a handle of the caller's own (one that forwards what it is told)."""
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        request = EngineRequest(next(self._ids), len(prompt_ids))
         self._inbox.put((request, [int(i) for i in prompt_ids], params))
-        return request
 
     @property
     def stats(self) -> dict[str, int]:
@@ -255,6 +255,54 @@ class OpenVINOEngine:
                 return
             if item is not None:
                 item[0]._finish(None, EngineClosedError("the engine was closed"))
+
+
+class OpenVINOTokenizer:
+    """An OpenVINO GenAI tokenizer, safe to share between threads.
+
+    Args:
+        tokenizer: an ``openvino_genai.Tokenizer``, or a model folder to load one from (its
+            ``openvino_tokenizer.xml`` and ``openvino_detokenizer.xml``).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        if isinstance(tokenizer, str | Path):
+            import openvino_genai
+
+            tokenizer = openvino_genai.Tokenizer(str(tokenizer))
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+        self.eos_token_id = int(tokenizer.get_eos_token_id())
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The UTF-8 length of the longest token: a text of ``n`` bytes has at least
+        ``n / max_token_bytes`` tokens, known without tokenizing it."""
+        with self._lock:
+            return max(len(token) for token in self._tokenizer.get_vocab())
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        with self._lock:
+            encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return [int(i) for i in encoded.input_ids.data[0]]
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        if not ids:
+            return ""
+        with self._lock:
+            return str(
+                self._tokenizer.decode(
+                    [int(i) for i in ids], skip_special_tokens=skip_special_tokens
+                )
+            )
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._tokenizer.chat_template)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        with self._lock:
+            return str(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
 
 class _Running:

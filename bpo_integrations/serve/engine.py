@@ -124,6 +124,10 @@ class Engine:
     def max_positions(self) -> int | None:
         return self.model.max_positions
 
+    @property
+    def max_token_bytes(self) -> int:
+        return self.model.max_token_bytes
+
     def close(self) -> None:
         """Close the backend (its engine and model)."""
         self.backend.close()

@@ -76,10 +76,19 @@ class ServeState:
         return await asyncio.to_thread(self.prepare, text, truncate=truncate, field=field)
 
     def prepare(self, text: str, *, truncate: int | None = None, field: str = "inputs") -> Prompt:
-        """:meth:`prompt_for`, in the calling thread."""
-        prompt = self.engine.encode(text)
-        if truncate is not None:
-            prompt = self.engine.truncate(prompt, validation.truncate_length(truncate, self.limits))
+        """:meth:`prompt_for`, in the calling thread.
+
+        Tokenizing holds the GIL, so a text too long for the limits is refused, or cut to the tail
+        that holds the tokens ``truncate`` keeps, before it is tokenized.
+        """
+        max_token_bytes = self.engine.max_token_bytes
+        if truncate is None:
+            validation.check_input_bytes(text, self.limits, max_token_bytes, field=field)
+            prompt = self.engine.encode(text)
+        else:
+            keep = validation.truncate_length(truncate, self.limits)
+            tail = 2 * keep * max_token_bytes
+            prompt = self.engine.truncate(self.engine.encode(text[-tail:]), keep)
         validation.check_input_length(prompt.ids, self.limits, field=field)
         return prompt
 

@@ -41,6 +41,19 @@ def check_input_length(ids: list[int], limits: Limits, *, field: str = "inputs")
         )
 
 
+def check_input_bytes(text: str, limits: Limits, max_token_bytes: int, *, field: str) -> None:
+    """Refuse, without tokenizing it, a text longer than ``max_input_tokens`` tokens of the
+    longest kind could be."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    at_least = -(-size // max_token_bytes)
+    if at_least > limits.max_input_tokens:
+        raise InputError(
+            f"`{field}` must have less than {limits.max_input_tokens} tokens. Given: at least "
+            f"{at_least} ({size} bytes). Shorten the prompt, pass `truncate`, or start bpo serve "
+            "with a larger --max-input-tokens"
+        )
+
+
 def max_new_tokens(requested: int | None, input_length: int, limits: Limits, name: str) -> int:
     """The request's new-token budget; the default shrinks to fit ``max_total_tokens``."""
     room = limits.max_total_tokens - input_length

@@ -88,3 +88,37 @@ def test_tokenize_offsets_stay_inside_text_the_tokenizer_does_not_know(url: str)
     assert all(0 <= t["start"] <= t["stop"] <= len(text) for t in tokens), tokens
     assert all(t["text"] == text[t["start"] : t["stop"]] for t in tokens)
     assert [t["start"] for t in tokens] == sorted(t["start"] for t in tokens)
+
+
+def test_a_text_that_cannot_fit_is_refused_before_it_is_tokenized(url: str) -> None:
+    huge = "word " * 200_000  # 1 MB: tokenizing it would hold the GIL for the whole server
+    for path, body in [
+        ("/tokenize", {"inputs": huge}),
+        ("/generate", {"inputs": huge}),
+        ("/v1/completions", {"model": "bpo", "prompt": huge, "max_tokens": 2}),
+    ]:
+        response = httpx.post(f"{url}{path}", json=body, timeout=30)
+        assert response.status_code == 422, response.text
+        message = response.json().get("error") or response.json()["error"]["message"]
+        assert "must have less than 32 tokens. Given: at least" in message
+        assert f"({len(huge)} bytes)" in message
+
+
+def test_truncate_of_a_huge_text_keeps_the_same_last_tokens(url: str) -> None:
+    sentence = "The quick brown fox jumps over the lazy dog. "
+
+    def prefill(text: str) -> list[int]:
+        parameters = {
+            "truncate": 8,
+            "max_new_tokens": 1,
+            "details": True,
+            "decoder_input_details": True,
+        }
+        response = httpx.post(
+            f"{url}/generate", json={"inputs": text, "parameters": parameters}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        return [token["id"] for token in response.json()["details"]["prefill"]]
+
+    whole = [t["id"] for t in httpx.post(f"{url}/tokenize", json={"inputs": sentence * 2}).json()]
+    assert prefill(sentence * 20_000) == prefill(sentence * 2) == whole[-8:]

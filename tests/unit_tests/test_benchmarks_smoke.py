@@ -84,9 +84,14 @@ def test_served_runs_bpo_serve_and_the_tgi_backend(tiny_llama_dir: Path) -> None
 
 
 def test_soak_sends_every_kind_of_request_and_measures_the_server(tiny_llama_dir: Path) -> None:
-    section = serve_soak.run(model=str(tiny_llama_dir), clients=4, seconds=3, settle=0.5)
+    section = serve_soak.run(
+        model=str(tiny_llama_dir), clients=4, seconds=3, settle=0.5, warm_up_rounds=2
+    )
     values = figures(section)
     assert values["Peak RSS during the soak"] > 50  # MiB of the server process, not of this one
+    assert values["`/health` latency p99 while 1 MB requests are handled"] > 0
+    health = next(note for note in section.notes if note.startswith("`/health` from its own"))
+    assert int(health.split(": ")[1].split(" requests")[0]) >= 10  # the prober ran the whole soak
     answered = {row[0].rsplit(": ", 1)[0] for row in section.rows}
     assert answered == {probe.name for probe in serve_soak.request_mix("x")}
     statuses = {row[0] for row in section.rows}

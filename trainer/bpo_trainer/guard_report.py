@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from bpo_integrations.inference.gguf_files import Precision
 from bpo_trainer.guard_quality import (
     SystemQuality,
     best_threshold,
@@ -171,6 +172,7 @@ def generate_outputs(
     path: str | Path,
     *,
     template: Literal["bpo", "chat"] = "bpo",
+    precision: Precision = "f16",
     chunk: int = 8,
 ) -> list[Output]:
     """Rewrite ``records`` with the shipped default model, appending to ``path`` chunk by chunk.
@@ -186,7 +188,7 @@ def generate_outputs(
     todo = [r for r in records if (r.set, r.index, template) not in done]
     if not todo:
         return read_outputs(path)
-    backend = LocalBackend(template=template)
+    backend = LocalBackend(template=template, precision=precision)
     settings = backend.recommended_settings()
     assert settings is not None, "the shipped default model recommends its decoding"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -403,6 +405,10 @@ class GuardReportConfig:
     chat_limit: int = field(
         default=0, metadata={"help": "With --template chat: the dev split plus N vicuna prompts."}
     )
+    precision: Precision = field(
+        default="f16",
+        metadata={"help": "How the model's weights are stored (generate): f16, q8_0 or q4_0."},
+    )
     resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples (report)."})
     report_file: str | None = field(
         default=None, metadata={"help": "Also write every rejection and score as JSON here."}
@@ -446,7 +452,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     shared = resolve_shared_dir(config.shared_dir)
     if config.command == "generate":
-        outputs = generate_outputs(select(config, shared), config.outputs, template=config.template)
+        outputs = generate_outputs(
+            select(config, shared),
+            config.outputs,
+            template=config.template,
+            precision=config.precision,
+        )
         print(f"{len(outputs)} rewrites in {config.outputs}")
         return 0
     records = load_records(shared)

@@ -1,0 +1,82 @@
+"""The engine in a child process: same tokens as in-process, and never a hang when the child goes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openvino_genai")
+
+from bpo_integrations.inference.engine import EngineClosedError, SamplingParams
+from bpo_integrations.inference.engine_process import EngineProcess
+from bpo_integrations.inference.openvino import OpenVINOEngine
+from bpo_integrations.inference.prepare import prepare_model
+
+PROMPTS = ["Tell me about Harry Potter", "Why is the sky blue?", "Write a haiku about rain"]
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_llama_dir: Path) -> Path:
+    return prepare_model(str(tiny_llama_dir / "tiny.gguf")).path
+
+
+@pytest.fixture
+def engine(model_path: Path) -> Iterator[EngineProcess]:
+    engine = EngineProcess(model_path, max_batch_size=4)
+    yield engine
+    engine.close()
+
+
+def test_the_child_decodes_the_same_tokens_as_the_engine_in_this_process(
+    engine: EngineProcess, model_path: Path
+) -> None:
+    local = OpenVINOEngine(model_path, max_batch_size=4)
+    try:
+        params = SamplingParams(12, min_new_tokens=12)
+        expected = [local.submit(local.encode(p), params).result().token_ids for p in PROMPTS]
+        requests = [engine.submit(engine.encode(p), params) for p in PROMPTS]
+        assert [r.result(timeout=60).token_ids for r in requests] == expected
+        assert engine.eos_token_ids == local.eos_token_ids
+        assert engine.max_token_bytes == local.max_token_bytes > 1
+    finally:
+        local.close()
+    assert engine.stats["requests"] == len(PROMPTS)
+    assert engine.stats["generated_tokens"] == 12 * len(PROMPTS)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_the_model_weights_live_in_the_child_only(engine: EngineProcess, model_path: Path) -> None:
+    assert engine._process.pid != os.getpid()
+    weights = str(model_path / "openvino_model.bin")
+    assert weights in Path(f"/proc/{engine._process.pid}/maps").read_text()
+    assert weights not in Path("/proc/self/maps").read_text()
+
+
+def test_a_child_that_dies_fails_its_requests_instead_of_hanging(engine: EngineProcess) -> None:
+    request = engine.submit(engine.encode("Hi"), SamplingParams(4000, min_new_tokens=4000))
+    next(request.steps(timeout=60))  # it runs
+    engine._process.kill()
+    with pytest.raises(EngineClosedError, match="exited unexpectedly"):
+        request.result(timeout=60)
+    with pytest.raises(EngineClosedError):
+        engine.submit(engine.encode("Hi"), SamplingParams(4))
+
+
+def test_close_ends_the_child_and_fails_what_still_runs(model_path: Path) -> None:
+    engine = EngineProcess(model_path)
+    request = engine.submit(engine.encode("Hi"), SamplingParams(4000, min_new_tokens=4000))
+    next(request.steps(timeout=60))
+    engine.close()
+    assert engine._process.poll() is not None
+    with pytest.raises(EngineClosedError, match="closed"):
+        request.result(timeout=5)
+
+
+def test_a_model_that_does_not_load_raises_its_error(tmp_path: Path) -> None:
+    (tmp_path / "openvino_model.xml").write_text("not a model")
+    with pytest.raises(RuntimeError):
+        EngineProcess(tmp_path)
