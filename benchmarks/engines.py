@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Figure, Section, load_prompts, run_child
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION
 
 TARGET_TOKEN_RATIO = 1.5
 TARGET_BATCH_RATIO = 1.5
@@ -339,7 +340,9 @@ def run(
         for r in results
     ]
     ours = [r for r in results if r["engine"].startswith("bpo-integrations")]
-    shipped = next((r for r in ours if r["precision"] == "f16"), ours[0] if ours else None)
+    shipped = next(
+        (r for r in ours if r["precision"] == DEFAULT_PRECISION), ours[0] if ours else None
+    )
     figures = []
     if shipped is not None:
         fastest_token = min(r["ms_per_token"] for r in results)
@@ -349,7 +352,7 @@ def run(
         batch_ratio = shipped["sequential_s"] / shipped["batched_s"]
         figures = [
             Figure(
-                "ms/token, one stream: shipped (f16) / fastest engine",
+                f"ms/token, one stream: shipped ({DEFAULT_PRECISION}) / fastest engine",
                 token_ratio,
                 "x",
                 f"<= {TARGET_TOKEN_RATIO}x",

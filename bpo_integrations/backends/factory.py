@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from bpo_integrations.errors import BPOError
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION
 
 if TYPE_CHECKING:
     from bpo_integrations.backends.base import Backend
@@ -83,7 +84,10 @@ def create(
             )
         from bpo_integrations.backends.local import LocalBackend
 
-        options: dict[str, object] = {"adapter": adapter, "precision": precision or "f16"}
+        options: dict[str, object] = {
+            "adapter": adapter,
+            "precision": precision or DEFAULT_PRECISION,
+        }
         if template is not None:
             options["template"] = template
         if max_batch_size is not None:

@@ -22,7 +22,7 @@ from bpo_integrations.inference.engine import (
     SamplingParams,
     split_at_stop,
 )
-from bpo_integrations.inference.gguf_files import PRECISIONS, Precision
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION, PRECISIONS, Precision
 from bpo_integrations.settings import Generation, GenerationSettings
 from bpo_integrations.template import format_bpo_message, format_bpo_prompt
 
@@ -44,8 +44,9 @@ class LocalBackend(Backend):
             (what ``bpo-train`` writes); or any transformers model or hub id (``"THUDM/BPO"``),
             which needs ``optimum-intel`` to convert.
         adapter: a LoRA adapter folder to merge into ``model``.
-        precision: how the prepared model stores its weights: ``"f16"``, ``"q8_0"`` (8-bit) or
-            ``"q4_0"`` (4-bit). Computation is float32 either way.
+        precision: how the prepared model stores its weights: ``"q8_0"`` (8-bit, the default),
+            ``"f16"`` or ``"q4_0"`` (4-bit). Computation is float32 either way; ``"f16"`` gives
+            float's own greedy rewrites.
         max_batch_size: the most prompts the engine decodes together.
         template: ``"bpo"``: the raw BPO template ``[INST] ... [/INST]`` (what ``THUDM/BPO`` was
             trained on); ``"chat"``: the model's chat template around the BPO instruction;
@@ -83,7 +84,7 @@ class LocalBackend(Backend):
         model: str | os.PathLike[str] | None = None,
         *,
         adapter: str | os.PathLike[str] | None = None,
-        precision: Precision = "f16",
+        precision: Precision = DEFAULT_PRECISION,
         max_batch_size: int = 16,
         template: TemplateKind = "auto",
         prefix_caching: bool = True,

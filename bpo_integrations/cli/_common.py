@@ -51,7 +51,7 @@ AdapterOption = Annotated[
     str | None, typer.Option(help="A LoRA adapter folder to apply (local only).")
 ]
 PrecisionOption = Annotated[
-    str | None, typer.Option(help="local: how the model stores weights: f16, q8_0, q4_0.")
+    str | None, typer.Option(help="local: how the model stores weights: q8_0 (default), f16, q4_0.")
 ]
 ModeOption = Annotated[
     ModeName | None,

@@ -25,6 +25,7 @@ from bpo_integrations.cli._common import (
     fail,
 )
 from bpo_integrations.errors import BPOError
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION
 from bpo_integrations.optimizer import BPOOptimizer
 from bpo_integrations.result import FallbackReason, OptimizationResult
 from bpo_integrations.settings import GenerationSettings
@@ -212,7 +213,7 @@ def _load_local(engine: object) -> None:
 
     message = "Loading the optimizer model…"
     if getattr(engine, "model_id", "") is None:
-        prepared = default_prepared_path(getattr(engine, "precision", "f16"))
+        prepared = default_prepared_path(getattr(engine, "precision", DEFAULT_PRECISION))
         if prepared is None or not is_prepared(prepared):
             message = "Preparing the default model for the engine (once, about 30 s)…"
     try:

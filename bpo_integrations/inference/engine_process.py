@@ -30,12 +30,13 @@ from bpo_integrations.inference.engine import (
     SamplingParams,
     TokenStep,
 )
+from bpo_integrations.inference.openvino import OpenVINOTokenizer, TokenizerMethods
 
 _START_TIMEOUT = 600.0
 """Seconds the child may take to load and compile the model before its start counts as failed."""
 
 
-class EngineProcess:
+class EngineProcess(TokenizerMethods):
     """An :class:`~bpo_integrations.inference.openvino.OpenVINOEngine` in a child process.
 
     Args:
@@ -59,8 +60,6 @@ class EngineProcess:
     """
 
     def __init__(self, path: str | Path, **options: Any) -> None:
-        from bpo_integrations.inference.openvino import OpenVINOTokenizer
-
         self.path = Path(path)
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen(
@@ -95,25 +94,6 @@ class EngineProcess:
         self._stats = details[3]
         self._reader = threading.Thread(target=self._read, name="bpo-engine-reader", daemon=True)
         self._reader.start()
-
-    # -- tokenizer (in this process) ------------------------------------------------------------
-
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self.tokenizer.has_chat_template
-
-    @property
-    def max_token_bytes(self) -> int:
-        return self.tokenizer.max_token_bytes
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages)
 
     # -- requests (in the child) ----------------------------------------------------------------
 

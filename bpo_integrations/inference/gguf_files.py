@@ -25,6 +25,11 @@ Precision = Literal["f16", "q8_0", "q4_0"]
 
 PRECISIONS: tuple[Precision, ...] = ("f16", "q8_0", "q4_0")
 
+DEFAULT_PRECISION: Precision = "q8_0"
+"""The precision a model is prepared at unless one is asked for: the fastest here that keeps the
+default optimizer's dev-split quality (BENCHMARKS.md's precision section). Greedy rewrites differ
+from float's where the model was near a tie; ``"f16"`` gives float's own."""
+
 _FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2}  # llama.cpp's LlamaFileType values
 
 

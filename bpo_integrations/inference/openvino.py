@@ -33,7 +33,30 @@ from bpo_integrations.settings import FinishReason
 _log = logging.getLogger(__name__)
 
 
-class OpenVINOEngine:
+class TokenizerMethods:
+    """An engine's tokenizer methods, answered by its :class:`OpenVINOTokenizer`."""
+
+    tokenizer: OpenVINOTokenizer
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer.has_chat_template
+
+    @property
+    def max_token_bytes(self) -> int:
+        return self.tokenizer.max_token_bytes
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages)
+
+
+class OpenVINOEngine(TokenizerMethods):
     """A prepared OpenVINO model folder, served to many threads through continuous batching.
 
     Args:
@@ -103,25 +126,6 @@ class OpenVINOEngine:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="bpo-openvino-engine", daemon=True)
         self._thread.start()
-
-    # -- tokenizer ------------------------------------------------------------------------------
-
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self.tokenizer.has_chat_template
-
-    @property
-    def max_token_bytes(self) -> int:
-        return self.tokenizer.max_token_bytes
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages)
 
     # -- requests -------------------------------------------------------------------------------
 

@@ -33,7 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpo_integrations.errors import BackendError
-from bpo_integrations.inference.gguf_files import PRECISIONS, GGUFMergeError, Precision
+from bpo_integrations.inference.gguf_files import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    GGUFMergeError,
+    Precision,
+)
 from bpo_integrations.models import CONVERSION_MARKER, DEFAULT_MODEL_HUB_ID, cache_dir
 from bpo_integrations.template import BPO_TEMPLATE
 
@@ -81,7 +86,7 @@ def prepare_model(
     model: str | os.PathLike[str] | None = None,
     *,
     adapter: str | os.PathLike[str] | None = None,
-    precision: Precision = "f16",
+    precision: Precision = DEFAULT_PRECISION,
 ) -> PreparedModel:
     """Resolve ``model`` (+ ``adapter``) to an OpenVINO model folder, converting it on first use.
 
@@ -139,7 +144,7 @@ def is_prepared(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / PREPARED_MARKER).is_file()
 
 
-def default_prepared_path(precision: Precision = "f16") -> Path | None:
+def default_prepared_path(precision: Precision = DEFAULT_PRECISION) -> Path | None:
     """Where the default optimizer's prepared folder is, if it can be named without building it."""
     try:
         plan, _ = _plan(None, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION
+
 
 @dataclass
 class ServeConfig:
@@ -37,7 +39,7 @@ class ServeConfig:
         metadata={"help": "Require 'Authorization: Bearer KEY' on every route but /health."},
     )
     precision: str = field(
-        default="f16",
+        default=DEFAULT_PRECISION,
         metadata={"help": "How the prepared model stores its weights: f16, q8_0 or q4_0."},
     )
     length_rule: bool | None = field(

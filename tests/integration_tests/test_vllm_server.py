@@ -130,7 +130,7 @@ def dev_prompts(bpo_val_records: list[dict]) -> list[str]:
 def in_process(dev_prompts: list[str]) -> list[tuple[str, bool, str | None]]:
     """The in-process backend's greedy rewrites of the dev split (what bpo serve runs too)."""
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=MAX_NEW_TOKENS)
-    backend = LocalBackend()
+    backend = LocalBackend(precision="f16")  # vLLM runs float weights
     try:
         optimizer = BPOOptimizer(backend, settings=settings, timeout=3600, cache_size=0)
         results = optimizer.optimize_batch(dev_prompts)

@@ -33,7 +33,7 @@ GREEDY = GenerationSettings.for_mode("greedy", max_new_tokens=10)
 
 @pytest.fixture(scope="module")
 def backend(tiny_llama_dir: Path) -> Iterator[LocalBackend]:
-    backend = LocalBackend(tiny_llama_dir, template="bpo").load()
+    backend = LocalBackend(tiny_llama_dir, template="bpo", precision="f16").load()  # float's tokens
     yield backend
     backend.close()
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bpo_integrations.guards import GuardFailure, Guards
-    from bpo_trainer.guard_report import Output, PromptRecord
+    from bpo_trainer.guard_report import Output
+    from bpo_trainer.prompt_sets import PromptRecord
 
 
 @dataclass(frozen=True)

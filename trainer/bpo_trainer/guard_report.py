@@ -27,9 +27,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from bpo_integrations.inference.gguf_files import Precision
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION, Precision
 from bpo_trainer.guard_quality import (
     SystemQuality,
     best_threshold,
@@ -40,89 +40,18 @@ from bpo_trainer.guard_quality import (
     system_quality,
     update_card,
 )
+from bpo_trainer.prompt_sets import (
+    PromptRecord,
+    dev_indices,
+    load_prompts,
+    load_records,
+)
 from bpo_trainer.recipe.config import resolve_shared_dir
 
 if TYPE_CHECKING:
     from bpo_integrations.guards import Guards
 
 logger = logging.getLogger(__name__)
-
-PromptSet = Literal["val", "dolly", "self_instruct", "vicuna"]
-
-SET_FILES: dict[str, str] = {
-    "val": "val.json",
-    "dolly": "dolly_eval.json",
-    "self_instruct": "self_instruct_eval.json",
-    "vicuna": "vicuna_eval.jsonl",
-}
-"""The file of each prompt set inside ``data/bpo``."""
-
-
-@dataclass(frozen=True)
-class PromptRecord:
-    """One prompt of a BPO file, split as the middleware sees it.
-
-    ``instruction`` is what the optimizer rewrites; ``context`` is passed on verbatim after it.
-    ``reference`` (``val.json`` only) is ChatGPT's rewrite of the instruction
-    (``optimized_prompt``) and ``reference_output`` the training target (``final_output``: the
-    rewrite with the context after it).
-    """
-
-    set: str
-    index: int
-    instruction: str
-    context: str = ""
-    reference: str = ""
-    reference_output: str = ""
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.set, self.index)
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
-
-
-def load_prompts(shared_dir: Path, name: str) -> list[PromptRecord]:
-    """Every prompt of one set (``val``, ``dolly``, ``self_instruct`` or ``vicuna``)."""
-    if name not in SET_FILES:
-        raise ValueError(f"unknown prompt set {name!r}: choose one of {', '.join(SET_FILES)}")
-    rows = _read(shared_dir / "data" / "bpo" / SET_FILES[name])
-    records = []
-    for index, row in enumerate(rows):
-        context = (row.get("context") or "").strip()
-        if name == "val":
-            final_input = (row.get("final_input") or "").strip()
-            instruction = (
-                (row.get("instruction") or final_input).strip() if context else final_input
-            )
-            records.append(
-                PromptRecord(
-                    name,
-                    index,
-                    instruction,
-                    context,
-                    reference=(row.get("optimized_prompt") or "").strip(),
-                    reference_output=(row.get("final_output") or "").strip(),
-                )
-            )
-        else:
-            instruction = (row.get("text") or row.get("instruction") or "").strip()
-            records.append(PromptRecord(name, index, instruction, context))
-    return records
-
-
-def dev_indices() -> list[int]:
-    """The default model's dev split: the ``val.json`` indices its training record lists."""
-    from bpo_integrations.models import default_adapter_path
-
-    record = json.loads((default_adapter_path() / "bpo_training.json").read_text("utf-8"))
-    return list(record["dev_indices"])
-
 
 # -- the optimizer's outputs ----------------------------------------------------------------------
 
@@ -172,7 +101,7 @@ def generate_outputs(
     path: str | Path,
     *,
     template: Literal["bpo", "chat"] = "bpo",
-    precision: Precision = "f16",
+    precision: Precision = DEFAULT_PRECISION,
     chunk: int = 8,
 ) -> list[Output]:
     """Rewrite ``records`` with the shipped default model, appending to ``path`` chunk by chunk.
@@ -369,11 +298,6 @@ def dev_quality(
     return system_quality(quality_variants(), records, outputs, indices, resamples=resamples)
 
 
-def load_records(shared: Path) -> dict[tuple[str, int], PromptRecord]:
-    """Every prompt of every set, by (set, index)."""
-    return {r.key: r for name in SET_FILES for r in load_prompts(shared, name)}
-
-
 # -- the command line -----------------------------------------------------------------------------
 
 
@@ -406,7 +330,7 @@ class GuardReportConfig:
         default=0, metadata={"help": "With --template chat: the dev split plus N vicuna prompts."}
     )
     precision: Precision = field(
-        default="f16",
+        default=DEFAULT_PRECISION,
         metadata={"help": "How the model's weights are stored (generate): f16, q8_0 or q4_0."},
     )
     resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples (report)."})

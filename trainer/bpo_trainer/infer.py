@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from bpo_integrations import BPOOptimizer, GenerationSettings, OptimizationResult
 from bpo_integrations.backends import Backend, BackendConfigError, create
+from bpo_integrations.inference.gguf_files import DEFAULT_PRECISION, Precision
 from bpo_integrations.jsonl import JsonlWriter, finished_keys
 from bpo_trainer.engines.options import EngineOptions
 from bpo_trainer.errors import StageFailedError, TrainerConfigError
@@ -89,8 +90,8 @@ class InferConfig(EngineOptions):
         default=None,
         metadata={"help": "tgi/openai: the token (default: $HF_TOKEN / $OPENAI_API_KEY)."},
     )
-    precision: Literal["f16", "q8_0", "q4_0"] = field(
-        default="f16", metadata={"help": "local: how the engine stores the weights."}
+    precision: Precision = field(
+        default=DEFAULT_PRECISION, metadata={"help": "local: how the engine stores the weights."}
     )
     template: Literal["auto", "bpo", "chat"] = field(
         default="auto",

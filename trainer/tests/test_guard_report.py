@@ -10,16 +10,13 @@ from bpo_trainer import guard_report
 from bpo_trainer.guard_quality import best_threshold, bootstrap, choose, keep_rule_sweep
 from bpo_trainer.guard_report import (
     Output,
-    PromptRecord,
-    dev_indices,
     dev_quality,
     generate_outputs,
     guard_table,
     judge,
-    load_prompts,
-    load_records,
     read_outputs,
 )
+from bpo_trainer.prompt_sets import PromptRecord, dev_indices, load_prompts, load_records
 from bpo_trainer.quality import corpus_scores
 
 from bpo_integrations.guards import DEFAULT_MODEL_GUARDS, Guards
