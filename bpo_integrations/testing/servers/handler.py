@@ -75,7 +75,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return {}
         try:
             data = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
             return None
         return data if isinstance(data, dict) else None
 

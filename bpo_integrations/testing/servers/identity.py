@@ -64,6 +64,8 @@ def model_list(server: ScriptedServer) -> dict[str, Any]:
 def serves(server: ScriptedServer, model: Any) -> bool:
     """Whether an OpenAI request for ``model`` is for this server."""
     names = {server.model_id, *server.lora_modules}
+    if not isinstance(model, str):
+        return False
     return model in names or (server.flavor == "tgi" and model == "tgi")
 
 

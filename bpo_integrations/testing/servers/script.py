@@ -72,6 +72,8 @@ def complete(
 ) -> ScriptedCompletion:
     """The completion of ``text``: cut at the first ``stop`` (kept with ``keep_stop``, TGI's way,
     or dropped, OpenAI's), then truncated to ``max_tokens`` words."""
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+        raise RequestInvalid("`max_tokens` must be an integer")
     if is_kind(fault, "runaway"):
         words = split_words("more " * RUNAWAY_WORDS)
         return ScriptedCompletion("".join(words), "length", words, seed)
@@ -123,14 +125,18 @@ def last_user_text(messages: list[Any]) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+                texts = [part.get("text") for part in content if isinstance(part, dict)]
+                return "".join(text for text in texts if isinstance(text, str))
     raise RequestInvalid("`messages` has no user message")
 
 
 def stop_list(body: dict[str, Any]) -> list[str]:
     """OpenAI's ``stop``: a string or a list of them."""
     stop = body.get("stop") or []
-    return [stop] if isinstance(stop, str) else list(stop)
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestInvalid("`stop` must be a string or a list of strings")
+    return stops
 
 
 def openai_finish(completion: ScriptedCompletion) -> str:
