@@ -171,6 +171,7 @@ class LocalBackend(Backend):
                 f"the local backend needs OpenVINO GenAI ({error.name} is missing): {_INSTALL_HINT}"
             ) from error
         from bpo_integrations.inference.engine_process import EngineProcess
+        from bpo_integrations.inference.openvino import OpenVINOEngine
         from bpo_integrations.inference.prepare import prepare_model
         from bpo_integrations.models import cache_dir
 
@@ -186,7 +187,9 @@ class LocalBackend(Backend):
                 f"{type(error).__name__}: {error} (set BPO_CACHE_DIR to a writable folder)"
             ) from error
         try:
-            engine = EngineProcess(
+            # the child inherits its socket by file descriptor, which only POSIX passes on
+            engine_type = EngineProcess if os.name == "posix" else OpenVINOEngine
+            engine = engine_type(
                 prepared.path,
                 max_batch_size=self.max_concurrency,
                 kv_cache_gb=self.kv_cache_gb,
