@@ -82,6 +82,11 @@ class EngineProcess(TokenizerMethods):
             if not self._connection.poll(_START_TIMEOUT):
                 raise RuntimeError(f"the engine process did not start within {_START_TIMEOUT}s")
             kind, *details = self._connection.recv()
+        except EOFError:
+            self._stop_child()
+            raise RuntimeError(
+                f"the engine process exited while loading (exit code {self._process.returncode})"
+            ) from None
         except BaseException:
             self._stop_child()
             raise
