@@ -95,8 +95,7 @@ class EngineProcess(TokenizerMethods):
             raise details[0]
         self.eos_token_ids: tuple[int, ...] = details[0]
         self.max_positions: int | None = details[1]
-        self.max_batch_size: int = details[2]
-        self._stats = details[3]
+        self._stats = details[2]
         self._reader = threading.Thread(target=self._read, name="bpo-engine-reader", daemon=True)
         self._reader.start()
 
@@ -253,8 +252,12 @@ def serve(connection: Connection) -> None:
     except Exception as error:
         send(("failed", _picklable(error)))
         return
-    send(("ready", engine.eos_token_ids, engine.max_positions, engine.max_batch_size, engine.stats))
+    send(("ready", engine.eos_token_ids, engine.max_positions, engine.stats))
     requests: dict[int, EngineRequest] = {}
+
+    def stats() -> dict[str, int]:
+        return engine.stats
+
     try:
         while True:
             try:
@@ -263,9 +266,7 @@ def serve(connection: Connection) -> None:
                 break
             if kind == "submit":
                 request_id, ids, params = details
-                request = _ForwardedRequest(
-                    request_id, len(ids), send, lambda: engine.stats, requests
-                )
+                request = _ForwardedRequest(request_id, len(ids), send, stats, requests)
                 requests[request_id] = request
                 engine.submit_request(request, ids, params)
             elif kind == "cancel":

@@ -23,7 +23,8 @@ import pytest
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from fuzzing import fuzz_settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
@@ -85,13 +86,7 @@ def _fuzz(url: str, operation: Any, mode: GenerationMode, examples: int) -> None
     # the upstream validates only what it reads, so an ill-typed `user` or `logit_bias` is answered
     excluded.append(negative_data_rejection)
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(examples)
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         if mode == GenerationMode.POSITIVE and isinstance(case.body, dict):

@@ -18,7 +18,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("torch")
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from fuzzing import fuzz_settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     negative_data_rejection,
@@ -73,13 +74,7 @@ def _fuzz(url: str, operation: Any, mode: GenerationMode, examples: int) -> None
         # it reads `inputs` only, as TGI's does: `parameters` the schema forbids are not refused
         excluded.append(negative_data_rejection)
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(examples)
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         response = case.call(base_url=url, timeout=30)  # a hang fails the test
