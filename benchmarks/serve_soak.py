@@ -61,7 +61,9 @@ def request_mix(prompt: str) -> list[Probe]:
             True,
             "POST",
             "/v1/chat/completions",
-            _json({"model": "bpo", "messages": [{"role": "user", "content": prompt}], **small}),
+            _json(
+                {"model": "bpo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+            ),
         ),
         Probe(
             "stream, left after one event",

@@ -277,6 +277,10 @@ class OpenVINOTokenizer:
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
         self.eos_token_id = int(tokenizer.get_eos_token_id())
+        # The first tensor-to-NumPy conversion in a process initialises pybind11's NumPy API, and
+        # two threads making it at once deadlock (one waits for the GIL the other holds): make it
+        # here, before any other thread can use this tokenizer or the engine.
+        self.encode("")
 
     @functools.cached_property
     def max_token_bytes(self) -> int:
@@ -288,7 +292,7 @@ class OpenVINOTokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         with self._lock:
             encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
-        return [int(i) for i in encoded.input_ids.data[0]]
+            return [int(i) for i in encoded.input_ids.data[0]]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         if not ids:
@@ -341,7 +345,7 @@ class _Running:
         status = self.handle.get_status()
         if status == genai.GenerationStatus.RUNNING:
             return False
-        if status == genai.GenerationStatus.IGNORED:
+        if status == genai.GenerationStatus.IGNORED and not request.cancelled:
             request._finish(
                 None,
                 ValueError(
