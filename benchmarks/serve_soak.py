@@ -260,10 +260,37 @@ def _soak_with_health_prober(
     return result, [float(t) for t in json.loads(output)]
 
 
+FILL_BATCH = 16
+FILL_CHARS = 2000
+
+
+async def _fill_round(url: str, texts: list[str]) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        body = {"parameters": {"max_new_tokens": 8}}
+        await asyncio.gather(*(client.post("/generate", json={"inputs": t, **body}) for t in texts))
+
+
 def _warm_up(url: str, rss: RssSampler, clients: int, seconds: float, rounds: int) -> list[float]:
-    """Soak rounds until the server's RSS stops growing (the engine's paged KV cache, a fixed
-    budget, becomes resident block by block as requests use fresh blocks): RSS after each."""
+    """RSS after each warm-up round, until the server's stops growing.
+
+    The engine's paged KV cache (a fixed budget) becomes resident block by block as requests use
+    fresh blocks, and the mix's short requests on one prompt use few. So rounds of 16 long,
+    distinct prompts fill it first; then rounds of the mix run until one grows RSS by at most
+    ``PLATEAU``.
+    """
     sizes = [rss.now()]
+    prompts = load_prompts(FILL_BATCH * rounds + 64)
+    for round_ in range(rounds):
+        start = round_ * FILL_BATCH
+        texts = [
+            " ".join(prompts[start + i : start + i + 64])[:FILL_CHARS] for i in range(FILL_BATCH)
+        ]
+        asyncio.run(_fill_round(url, texts))
+        sizes.append(rss.now())
+        if sizes[-1] - sizes[-2] <= PLATEAU * sizes[-2]:
+            break
     for _ in range(rounds):
         asyncio.run(_soak(url, clients, seconds))
         sizes.append(rss.now())
@@ -304,7 +331,8 @@ def run(
             f"{seconds:g} s, each cycling through {len(request_mix('x'))} kinds of request "
             "(5 valid, the rest hostile) and waiting for each answer, while a process of its own "
             "times `/health` every 20 ms. RSS of the server process and its engine process "
-            f"after a warm-up ({seconds / 3:g}-second rounds of the same mix until a round grows "
+            f"after a warm-up (rounds of {FILL_BATCH} long distinct prompts that fill the KV "
+            f"cache, then {seconds / 3:g}-second rounds of the same mix, each until a round grows "
             f"RSS by at most {PLATEAU:.0%}) and {settle:g} s of rest, its peak, and after the soak "
             f"and {settle:g} s of rest."
         ),
