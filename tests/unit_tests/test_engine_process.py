@@ -105,8 +105,8 @@ for thread in threads:
 
 def test_threads_that_tokenize_at_once_in_a_fresh_process_never_deadlock(model_path: Path) -> None:
     """The first tensor-to-NumPy conversion of a process deadlocks when two threads make it at once
-    (it hung 1 fresh ``bpo serve`` in 7 on its first two requests); the tokenizer makes it when it
-    is built. Without that, about a third of these processes hang."""
+    (it hung fresh ``bpo serve`` processes on their first concurrent requests); the tokenizer makes
+    it when it is built. Without that, some of these processes hang."""
 
     def run() -> int:
         command = [sys.executable, "-c", FIRST_ENCODE_AT_ONCE, str(model_path)]
