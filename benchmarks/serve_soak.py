@@ -262,6 +262,8 @@ def _soak_with_health_prober(
 
 FILL_BATCH = 16
 FILL_CHARS = 2000
+FILL_PROMPTS = 64
+"""Real prompts joined for one long fill text (then cut to ``FILL_CHARS``)."""
 
 
 async def _fill_round(url: str, texts: list[str]) -> None:
@@ -281,21 +283,23 @@ def _warm_up(url: str, rss: RssSampler, clients: int, seconds: float, rounds: in
     ``PLATEAU``.
     """
     sizes = [rss.now()]
-    prompts = load_prompts(FILL_BATCH * rounds + 64)
-    for round_ in range(rounds):
-        start = round_ * FILL_BATCH
-        texts = [
-            " ".join(prompts[start + i : start + i + 64])[:FILL_CHARS] for i in range(FILL_BATCH)
-        ]
+
+    def until_flat(one_round: Callable[[int], None]) -> None:
+        for index in range(rounds):
+            one_round(index)
+            sizes.append(rss.now())
+            if sizes[-1] - sizes[-2] <= PLATEAU * sizes[-2]:
+                return
+
+    prompts = load_prompts(FILL_BATCH * rounds + FILL_PROMPTS)
+
+    def fill(index: int) -> None:
+        starts = range(index * FILL_BATCH, (index + 1) * FILL_BATCH)
+        texts = [" ".join(prompts[i : i + FILL_PROMPTS])[:FILL_CHARS] for i in starts]
         asyncio.run(_fill_round(url, texts))
-        sizes.append(rss.now())
-        if sizes[-1] - sizes[-2] <= PLATEAU * sizes[-2]:
-            break
-    for _ in range(rounds):
-        asyncio.run(_soak(url, clients, seconds))
-        sizes.append(rss.now())
-        if sizes[-1] - sizes[-2] <= PLATEAU * sizes[-2]:
-            break
+
+    until_flat(fill)
+    until_flat(lambda _: asyncio.run(_soak(url, clients, seconds)))
     return sizes
 
 

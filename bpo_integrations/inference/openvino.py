@@ -287,7 +287,7 @@ class OpenVINOTokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         with self._lock:
             encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
-            return [int(i) for i in encoded.input_ids.data[0]]
+        return [int(i) for i in encoded.input_ids.data[0]]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         if not ids:
