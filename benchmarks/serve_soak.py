@@ -271,7 +271,9 @@ async def _fill_round(url: str, texts: list[str]) -> None:
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         body = {"parameters": {"max_new_tokens": 8}}
-        await asyncio.gather(*(client.post("/generate", json={"inputs": t, **body}) for t in texts))
+        posts = (client.post("/generate", json={"inputs": t, **body}) for t in texts)
+        for response in await asyncio.gather(*posts):
+            response.raise_for_status()  # a refused fill would leave the cache unfilled unseen
 
 
 def _warm_up(url: str, rss: RssSampler, clients: int, seconds: float, rounds: int) -> list[float]:
