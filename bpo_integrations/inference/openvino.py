@@ -100,8 +100,15 @@ class OpenVINOEngine(TokenizerMethods):
         scheduler.cache_size = kv_cache_gb
         scheduler.enable_prefix_caching = prefix_caching
         # float32 arithmetic everywhere: on CPUs with AMX or AVX512-BF16 OpenVINO would otherwise
-        # compute in bfloat16 and greedy rewrites would depend on the machine.
-        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+        # compute in bfloat16 and greedy rewrites would depend on the machine. Dynamic
+        # quantization (8-bit activations for 8-bit weights) is off: with it, a request's greedy
+        # rewrite depends on which other requests share its steps, so the served path, where
+        # requests arrive apart, would answer differently from the in-process one.
+        properties: dict[str, Any] = (
+            {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+            if device == "CPU"
+            else {}
+        )
         self.path = Path(path)
         self.max_batch_size = max_batch_size
         self._pipeline = openvino_genai.ContinuousBatchingPipeline(

@@ -182,6 +182,18 @@ def test_bpo_optimize_without_backend_options_uses_the_default() -> None:
     assert "harry potter" in record["optimized"].lower()
 
 
+def test_a_rewrite_does_not_depend_on_the_prompts_batched_with_it(
+    default_backend: LocalBackend, bpo_val_records: list[dict[str, Any]]
+) -> None:
+    """Each prompt alone gives the greedy rewrite it gets among 15 others: what a server, where
+    requests arrive apart and share different steps, needs to answer as ``optimize_batch`` does."""
+    prompts = [r["instruction"] for r in bpo_val_records[:16]]
+    settings = BPOOptimizer(default_backend).settings
+    together = [g.token_ids for g in default_backend.generate(prompts, settings)]
+    alone = [default_backend.generate([p], settings)[0].token_ids for p in prompts]
+    assert alone == together
+
+
 def test_the_served_path_gives_the_in_process_rewrites(
     default_backend: LocalBackend, bpo_val_records: list[dict[str, Any]]
 ) -> None:
