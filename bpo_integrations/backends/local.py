@@ -9,6 +9,7 @@ serves every thread and coroutine of this process at once without ever holding i
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import threading
 from collections.abc import Hashable, Sequence
@@ -164,12 +165,11 @@ class LocalBackend(Backend):
         return self._template_kind
 
     def _load(self) -> None:
-        try:
-            import openvino_genai  # noqa: F401
-        except ImportError as error:
+        # looked up, not imported: the engine's process imports it while this one prepares
+        if importlib.util.find_spec("openvino_genai") is None:
             raise BackendError(
-                f"the local backend needs OpenVINO GenAI ({error.name} is missing): {_INSTALL_HINT}"
-            ) from error
+                f"the local backend needs OpenVINO GenAI (openvino-genai): {_INSTALL_HINT}"
+            )
         from bpo_integrations.inference.engine_process import EngineProcess
         from bpo_integrations.inference.openvino import OpenVINOEngine
         from bpo_integrations.inference.prepare import prepare_model

@@ -22,6 +22,7 @@ scratch folder and renamed into place, so that a crash leaves no half-written mo
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -303,12 +304,11 @@ def _name(plan: _Plan) -> str:
 
 
 def _key(plan: _Plan, precision: Precision) -> str:
-    import openvino_genai
-
+    # the installed version, read without importing OpenVINO: the engine's process imports it
+    # meanwhile
+    engine_version = importlib.metadata.version("openvino-genai")
     digest = hashlib.sha256()
-    digest.update(
-        f"v{FORMAT_VERSION} {precision} openvino-genai {openvino_genai.__version__}".encode()
-    )
+    digest.update(f"v{FORMAT_VERSION} {precision} openvino-genai {engine_version}".encode())
     for part in (plan.base_gguf, plan.weights_dir):
         if part is not None:
             digest.update(_identity(part).encode())

@@ -97,7 +97,11 @@ def test_a_second_load_imports_the_compiled_model(model_path: Path, tmp_path: Pa
         core = openvino.Core()  # a new one each time, so nothing is kept in memory between loads
         model = core.read_model(model_path / "openvino_model.xml")
         paged_attention_transformation(model)
-        properties = {"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": str(tmp_path / "core")}
+        properties = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+            "CACHE_DIR": str(tmp_path / "core"),
+        }
         return core.compile_model(model, "CPU", properties)
 
     assert compile_paged().get_property("LOADED_FROM_CACHE") is False
