@@ -336,7 +336,10 @@ class LocalBackend(Backend):
         engine = self.engine
         requests = []
         for index, text in enumerate(texts):
-            ids = engine.encode(text)
+            try:
+                ids = engine.encode(text)
+            except RuntimeError as error:  # OpenVINO's tokenizer refusing the text
+                raise BackendError(f"the tokenizer cannot encode the prompt: {error}") from error
             minimum = 0
             if settings.min_new_tokens_from_prompt:
                 if min_new_tokens is not None:
