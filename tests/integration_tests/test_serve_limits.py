@@ -89,9 +89,7 @@ def test_tokenize_refuses_more_tokens_than_the_model_takes(url: str) -> None:
         "\U000f0000\u0091\u00c0V\u00be",  # the same with an assigned (private-use) code point
     ],
 )
-def test_tokenize_offsets_stay_inside_text_the_tokenizer_does_not_know(
-    url: str, text: str
-) -> None:
+def test_tokenize_offsets_stay_inside_text_the_tokenizer_does_not_know(url: str, text: str) -> None:
     response = httpx.post(f"{url}/tokenize", json={"inputs": text}, timeout=30)
     if response.status_code == 422:
         # openvino-tokenizers 2026.2 cannot encode some unassigned code points (U+9B8FB): a
