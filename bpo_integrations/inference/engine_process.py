@@ -116,6 +116,11 @@ class EngineProcess(TokenizerMethods):
         return request
 
     @property
+    def pid(self) -> int:
+        """The engine process's id."""
+        return self._process.pid
+
+    @property
     def stats(self) -> dict[str, int]:
         """The child engine's counters, as of the last request that finished."""
         return dict(self._stats)

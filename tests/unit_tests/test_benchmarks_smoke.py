@@ -71,6 +71,11 @@ def test_memory_is_measured_in_a_fresh_process_without_torch(tiny_llama_dir: Pat
     assert "torch imported by the process: False" in section.to_markdown()
     if sys.platform == "linux":  # the child's own peak, not this (torch-loaded) process's
         assert peaks[0] < 150, peaks
+        engine = float(section.rows[-1][2].removesuffix(" MiB"))  # the engine's process too
+        assert engine > 0
+        assert figures(section)["Peak RSS, local backend"] == pytest.approx(
+            peaks[-1] + engine, abs=1
+        )
 
 
 def test_cold_start_times_the_cli_as_a_new_process(tiny_llama_dir: Path) -> None:
