@@ -122,14 +122,9 @@ class _OpenVINO:
     def __init__(self, spec: dict[str, Any]) -> None:
         from bpo_integrations.inference.openvino import OpenVINOEngine
         from bpo_integrations.inference.prepare import prepare_model
-        from bpo_integrations.models import cache_dir
 
         prepared = prepare_model(precision=spec["precision"])
-        self.engine = OpenVINOEngine(
-            prepared.path,
-            max_batch_size=len(spec["texts"]),
-            compiled_cache=cache_dir() / "compiled",
-        )
+        self.engine = OpenVINOEngine(prepared.path, max_batch_size=len(spec["texts"]))
 
     def generate(self, texts: list[str], tokens: int, *, forced: bool) -> list[list[int]]:
         from bpo_integrations.inference.engine import SamplingParams

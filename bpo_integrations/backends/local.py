@@ -194,7 +194,6 @@ class LocalBackend(Backend):
                 max_batch_size=self.max_concurrency,
                 kv_cache_gb=self.kv_cache_gb,
                 prefix_caching=self.prefix_caching,
-                compiled_cache=cache_dir() / "compiled",
                 device=self.device,
             )
         except RuntimeError as error:

@@ -68,8 +68,6 @@ class OpenVINOEngine(TokenizerMethods):
         kv_cache_gb: memory for the paged KV cache, in GB.
         prefix_caching: reuse the KV cache of a prompt prefix another request already computed
             (every BPO request starts with the same template).
-        compiled_cache: a folder where OpenVINO keeps the compiled model, so later loads skip
-            compilation; ``None`` compiles at every load.
         device: the OpenVINO device (``"CPU"``, or ``"GPU"`` for an Intel GPU).
 
     Example:
@@ -89,7 +87,6 @@ class OpenVINOEngine(TokenizerMethods):
         max_batched_tokens: int = 1024,
         kv_cache_gb: int = 1,
         prefix_caching: bool = True,
-        compiled_cache: str | Path | None = None,
         device: str = "CPU",
     ) -> None:
         import openvino_genai
@@ -112,8 +109,6 @@ class OpenVINOEngine(TokenizerMethods):
             if device == "CPU"
             else {}
         )
-        if compiled_cache is not None:
-            properties["CACHE_DIR"] = str(compiled_cache)
         self.path = Path(path)
         self.max_batch_size = max_batch_size
         self._pipeline = openvino_genai.ContinuousBatchingPipeline(

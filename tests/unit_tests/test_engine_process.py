@@ -84,30 +84,6 @@ def test_a_model_that_does_not_load_raises_its_error(tmp_path: Path) -> None:
         EngineProcess(tmp_path)
 
 
-def test_a_second_load_imports_the_compiled_model(model_path: Path, tmp_path: Path) -> None:
-    """What the cap on openvino-genai in pyproject.toml rests on: OpenVINO's CPU plugin imports a
-    compiled paged-attention model from its cache instead of compiling it again."""
-    import openvino
-    from openvino._offline_transformations import paged_attention_transformation
-
-    OpenVINOEngine(model_path, compiled_cache=tmp_path / "engine").close()
-    assert len(list((tmp_path / "engine").glob("*.blob"))) == 1
-
-    def compile_paged() -> openvino.CompiledModel:
-        core = openvino.Core()  # a new one each time, so nothing is kept in memory between loads
-        model = core.read_model(model_path / "openvino_model.xml")
-        paged_attention_transformation(model)
-        properties = {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
-            "CACHE_DIR": str(tmp_path / "core"),
-        }
-        return core.compile_model(model, "CPU", properties)
-
-    assert compile_paged().get_property("LOADED_FROM_CACHE") is False
-    assert compile_paged().get_property("LOADED_FROM_CACHE") is True
-
-
 FIRST_ENCODE_AT_ONCE = """
 import sys, threading
 from bpo_integrations.inference.openvino import OpenVINOTokenizer
