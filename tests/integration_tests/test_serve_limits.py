@@ -91,12 +91,6 @@ def test_tokenize_refuses_more_tokens_than_the_model_takes(url: str) -> None:
 )
 def test_tokenize_offsets_stay_inside_text_the_tokenizer_does_not_know(url: str, text: str) -> None:
     response = httpx.post(f"{url}/tokenize", json={"inputs": text}, timeout=30)
-    if response.status_code == 422:
-        # openvino-tokenizers 2026.2 cannot encode some unassigned code points (U+9B8FB): a
-        # validation error that says so, never a 500
-        assert text[0] == "\U0009b8fb", response.text
-        assert "the tokenizer cannot encode the prompt" in response.json()["error"]
-        return
     assert response.status_code == 200, response.text
     tokens = response.json()
     assert all(0 <= t["start"] <= t["stop"] <= len(text) for t in tokens), tokens

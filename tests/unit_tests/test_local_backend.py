@@ -300,16 +300,9 @@ def test_optimizer_end_to_end_on_the_local_backend(backend: LocalBackend) -> Non
     assert optimizer.max_concurrency == backend.max_concurrency
 
 
-def test_a_text_the_tokenizer_refuses_is_a_backend_error(backend: LocalBackend) -> None:
-    """openvino-tokenizers 2026.2 cannot encode some unassigned code points (U+9B8FB): the prompt
-    passes through as a backend error that names the tokenizer, not as a bug."""
+def test_a_prompt_with_an_unassigned_code_point_is_rewritten(backend: LocalBackend) -> None:
+    """U+9B8FB is unassigned (schemathesis found it): openvino-tokenizers before 2026.3 could not
+    encode it, which is why the ``local`` extra needs 2026.4 or newer."""
     prompt = "Tell me about \U0009b8fb Harry Potter"
-    greedy = GenerationSettings.for_mode("greedy", max_new_tokens=4)
-    try:
-        backend.generate([prompt], greedy)
-    except BackendError as error:
-        assert "the tokenizer cannot encode the prompt" in str(error)
-        result = BPOOptimizer(backend, mode="greedy", cache_size=0).optimize(prompt)
-        assert result.fell_back and result.optimized == prompt
-        assert result.fallback_reason is not None
-        assert result.fallback_reason.startswith("backend_error"), result.fallback_reason
+    generation = backend.generate([prompt], GenerationSettings.for_mode("greedy", max_new_tokens=4))
+    assert len(generation[0].token_ids) == 4
