@@ -301,8 +301,8 @@ def test_optimizer_end_to_end_on_the_local_backend(backend: LocalBackend) -> Non
 
 
 def test_a_prompt_with_an_unassigned_code_point_is_rewritten(backend: LocalBackend) -> None:
-    """U+9B8FB is unassigned (schemathesis found it): openvino-tokenizers before 2026.3 could not
-    encode it, which is why the ``local`` extra needs 2026.4 or newer."""
+    """U+9B8FB is unassigned (schemathesis found it): openvino-tokenizers 2026.2 could not encode
+    it; the ``local`` extra's openvino-genai (2026.4 or newer) can."""
     prompt = "Tell me about \U0009b8fb Harry Potter"
     generation = backend.generate([prompt], GenerationSettings.for_mode("greedy", max_new_tokens=4))
     assert len(generation[0].token_ids) == 4
