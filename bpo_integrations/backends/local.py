@@ -337,16 +337,16 @@ class LocalBackend(Backend):
         for index, text in enumerate(texts):
             try:
                 ids = engine.encode(text)
-            except RuntimeError as error:  # OpenVINO's tokenizer refusing the text
+                minimum = 0
+                if settings.min_new_tokens_from_prompt:
+                    if min_new_tokens is not None:
+                        minimum = min_new_tokens[index]
+                    elif prompts is not None:
+                        minimum = len(engine.encode(prompts[index])) + 5
+                    else:
+                        minimum = len(ids) + 5
+            except (RuntimeError, ValueError) as error:  # the tokenizer refusing the text
                 raise BackendError(f"the tokenizer cannot encode the prompt: {error}") from error
-            minimum = 0
-            if settings.min_new_tokens_from_prompt:
-                if min_new_tokens is not None:
-                    minimum = min_new_tokens[index]
-                elif prompts is not None:
-                    minimum = len(engine.encode(prompts[index])) + 5
-                else:
-                    minimum = len(ids) + 5
             requests.append(engine.submit(ids, _sampling(settings, minimum)))
         return requests
 

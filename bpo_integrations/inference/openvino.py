@@ -292,6 +292,14 @@ class OpenVINOTokenizer:
             return max(len(token) for token in self._tokenizer.get_vocab())
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """The token ids of ``text``; :class:`ValueError` for a text UTF-8 cannot hold (a lone
+        surrogate), which the tokenizer's binding would refuse with an unrelated ``TypeError``."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"the text is not valid Unicode: {error.reason} at character {error.start}"
+            ) from None
         with self._lock:
             encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
         return [int(i) for i in encoded.input_ids.data[0]]

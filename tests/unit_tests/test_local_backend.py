@@ -19,6 +19,7 @@ pytest.importorskip("transformers")
 from bpo_integrations import BPOOptimizer  # noqa: E402
 from bpo_integrations.backends.local import LocalBackend  # noqa: E402
 from bpo_integrations.errors import BackendError, OptimizationTimeoutError  # noqa: E402
+from bpo_integrations.result import FallbackReason  # noqa: E402
 from bpo_integrations.settings import GenerationSettings  # noqa: E402
 from bpo_integrations.template import format_bpo_prompt  # noqa: E402
 
@@ -306,3 +307,16 @@ def test_a_prompt_with_an_unassigned_code_point_is_rewritten(backend: LocalBacke
     prompt = "Tell me about \U0009b8fb Harry Potter"
     generation = backend.generate([prompt], GenerationSettings.for_mode("greedy", max_new_tokens=4))
     assert len(generation[0].token_ids) == 4
+
+
+def test_a_prompt_utf8_cannot_hold_fails_as_a_backend_error(backend: LocalBackend) -> None:
+    """A lone surrogate (a broken JSON escape, a bad decode upstream) is refused by name, and the
+    optimizer passes the prompt through with the backend's reason instead of an unexpected one."""
+    prompt = "Tell me about \ud800 Harry Potter"
+    with pytest.raises(BackendError, match="not valid Unicode"):
+        backend.generate([prompt], GREEDY)
+
+    result = BPOOptimizer(backend, mode="greedy", timeout=60).optimize(prompt)
+    assert result.fell_back and result.optimized == prompt
+    assert result.fallback_reason is FallbackReason.BACKEND_ERROR
+    assert "surrogate" in result.fallback_detail
