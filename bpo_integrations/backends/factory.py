@@ -1,8 +1,8 @@
 """``create(kind, ...)``: the backend a command line or a config names, checked before it is made.
 
-The CLI (``bpo optimize``, ``bpo proxy``, the LiteLLM hook) and the trainer (``infer``, ``eval``)
-build their optimizer backends here, so that one kind takes the same options everywhere and a
-wrong combination fails the same way.
+The CLI (``bpo optimize``, ``bpo proxy``, the LiteLLM hook), ``bpo serve`` and the trainer
+(``infer``, ``eval``) build their optimizer backends here, so that one kind takes the same options
+everywhere and a wrong combination fails the same way.
 """
 
 from __future__ import annotations

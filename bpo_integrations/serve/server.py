@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from fastapi import FastAPI
 
@@ -32,15 +33,20 @@ def build_app(config: ServeConfig) -> FastAPI:
     Example:
         >>> app = build_app(ServeConfig(model="path/to/model"))  # doctest: +SKIP
     """
+    from bpo_integrations.backends import create
     from bpo_integrations.backends.local import LocalBackend
     from bpo_integrations.serve.app import create_app
     from bpo_integrations.serve.engine import Engine
 
-    backend = LocalBackend(
-        config.model,
-        adapter=config.adapter,
-        precision=config.precision,  # type: ignore[arg-type]
-        max_batch_size=config.max_batch_size,
+    backend = cast(
+        LocalBackend,
+        create(
+            "local",
+            model=config.model,
+            adapter=config.adapter,
+            precision=config.precision,  # type: ignore[arg-type]
+            max_batch_size=config.max_batch_size,
+        ),
     )
     engine = Engine(backend, length_rule=config.length_rule)
     return create_app(engine, config, model_id=served_model_id(config))

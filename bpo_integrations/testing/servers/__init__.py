@@ -11,6 +11,11 @@ Response shapes follow TGI's published OpenAPI schema (``GenerateResponse``, ``S
 tell what they are instead of TGI's (``/version``; ``/server_info``; ``/props``), OpenAI-shaped
 errors, and ``/v1/models`` with the LoRA modules it serves.
 
+It stands in for those servers, not for ``bpo serve``: its request validation is TGI's own (TGI
+refuses ``top_p=1.0``, which ``bpo serve`` accepts as "no nucleus sampling"), so it does not reuse
+``bpo_integrations.serve``'s schemas and rules, and it needs none of the ``serve`` extra. The tests
+check its answers against TGI's ``openapi.json``, as they check ``bpo serve``'s.
+
 Example:
     >>> from huggingface_hub import InferenceClient
     >>> with ScriptedServer(lambda text: "Explain it step by step.") as server:
