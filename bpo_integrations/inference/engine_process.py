@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -240,7 +241,11 @@ def _picklable(error: BaseException | None) -> BaseException | None:
 
 
 def serve(connection: Connection) -> None:
-    """The child's side: load the engine, then run what the parent sends until it closes."""
+    """The child's side: load the engine, then run what the parent sends until it closes.
+
+    Ctrl-C reaches the whole process group; the child leaves it to the parent, which closes the
+    engine (or exits, which the child sees as the end of its socket)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from bpo_integrations.inference.openvino import OpenVINOEngine
 
     send_lock = threading.Lock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,31 @@ def test_close_ends_the_child_and_fails_what_still_runs(model_path: Path) -> Non
     assert engine._process.poll() is not None
     with pytest.raises(EngineClosedError, match="closed"):
         request.result(timeout=5)
+
+
+def test_close_gives_back_the_kv_cache_of_what_still_runs(
+    model_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """OpenVINO GenAI reports leaked blocks (on the child's stderr, which is the user's terminal)
+    when a pipeline is destroyed with requests in it, as after Ctrl-C in a file job."""
+    engine = EngineProcess(model_path, max_batch_size=4)
+    requests = [
+        engine.submit(engine.encode(p), SamplingParams(4000, min_new_tokens=4000)) for p in PROMPTS
+    ]
+    for request in requests:
+        next(request.steps(timeout=60))
+    engine.close()
+    assert engine._process.returncode == 0
+    assert "leaked" not in capfd.readouterr().err
+
+
+def test_ctrl_c_is_left_to_the_parent(engine: EngineProcess) -> None:
+    """Ctrl-C reaches the child too (one process group): it neither dies nor prints a traceback;
+    the parent decides, and closes it."""
+    engine._process.send_signal(signal.SIGINT)
+    completion = engine.submit(engine.encode("Hi"), SamplingParams(4, min_new_tokens=4)).result(60)
+    assert len(completion.token_ids) == 4
+    assert engine._process.poll() is None
 
 
 def test_a_model_that_does_not_load_raises_its_error(tmp_path: Path) -> None:
