@@ -57,6 +57,9 @@ class LocalBackend(Backend):
         prefix_caching: let requests share the KV cache of the template prefix they have in common.
         kv_cache_gb: memory for the engine's KV cache, in GB.
         device: the OpenVINO device (``"CPU"``; ``"GPU"`` for an Intel GPU).
+        length_rule: make every rewrite at least as long as its prompt (in tokens, plus 5),
+            whatever the settings, as ``bpo serve`` does for the model it serves; ``None``: on
+            for the default optimizer, which otherwise often returns a short prompt unchanged.
 
     Each :class:`Generation` has ``finish_reason`` (``"eos_token"``, ``"stop_sequence"`` or
     ``"length"``), ``generated_tokens`` (an eos included) and ``extra`` with ``prompt_tokens`` and
@@ -91,6 +94,7 @@ class LocalBackend(Backend):
         prefix_caching: bool = True,
         kv_cache_gb: int = 1,
         device: str = "CPU",
+        length_rule: bool | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -108,6 +112,8 @@ class LocalBackend(Backend):
         self.prefix_caching = prefix_caching
         self.kv_cache_gb = kv_cache_gb
         self.device = device.upper()  # OpenVINO names devices in capitals: "CPU", "GPU"
+        default_model = model is None and adapter is None
+        self.length_rule: bool = default_model if length_rule is None else length_rule
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -280,15 +286,10 @@ class LocalBackend(Backend):
         return {} if self._engine is None else self._engine.stats
 
     def recommended_settings(self) -> GenerationSettings | None:
-        """The embedded default model rewrites best greedily, made to write past the prompt.
-
-        Measured on its dev split (see its model card): with sampling or plain greedy decoding it
-        often returns a short prompt unchanged; the length rule fixes that and scores higher.
-        """
+        """The embedded default model rewrites best greedily, with its length rule (on by
+        default: see ``length_rule``), as measured on its dev split (see its model card)."""
         if self.model_id is None and self.adapter_id is None:
-            return GenerationSettings.for_mode(
-                "greedy", min_new_tokens_from_prompt=True, max_new_tokens=256
-            )
+            return GenerationSettings.for_mode("greedy", max_new_tokens=256)
         return None
 
     def recommended_guards(self) -> Guards | None:
@@ -333,12 +334,13 @@ class LocalBackend(Backend):
         if min_new_tokens is not None and len(min_new_tokens) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(min_new_tokens)} minimums")
         engine = self.engine
+        ruled = settings.min_new_tokens_from_prompt or (self.length_rule and prompts is not None)
         requests = []
         for index, text in enumerate(texts):
             try:
                 ids = engine.encode(text)
                 minimum = 0
-                if settings.min_new_tokens_from_prompt:
+                if ruled:
                     if min_new_tokens is not None:
                         minimum = min_new_tokens[index]
                     elif prompts is not None:

@@ -99,8 +99,8 @@ class Engine:
     Args:
         backend: the local backend whose model is served (loaded here).
         length_rule: make every raw BPO-template request write at least as many tokens as its
-            prompt has (plus 5), the rule the model decodes best with in-process; ``None``: the
-            backend's recommended settings decide (on for the default optimizer).
+            prompt has (plus 5), as the backend does in-process; ``None``: the backend's
+            ``length_rule`` (on for the default optimizer).
 
     Example:
         >>> from bpo_integrations.backends.local import LocalBackend  # doctest: +SKIP
@@ -114,10 +114,7 @@ class Engine:
         backend.load()
         self.backend = backend
         self.model: InferenceEngine = backend.engine
-        if length_rule is None:
-            recommended = backend.recommended_settings()
-            length_rule = bool(recommended and recommended.min_new_tokens_from_prompt)
-        self.length_rule = length_rule
+        self.length_rule = backend.length_rule if length_rule is None else length_rule
         self.eos_token_ids = frozenset(self.model.eos_token_ids)
 
     @property

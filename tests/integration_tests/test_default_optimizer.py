@@ -119,7 +119,7 @@ def test_the_default_backend_is_the_base_with_the_adapter_merged(
         for parameter in reference.parameters():
             parameter.copy_(parameter.half().float())
     greedy = GenerationSettings.for_mode("greedy", max_new_tokens=24)
-    exact = LocalBackend(precision="f16")
+    exact = LocalBackend(precision="f16", length_rule=False)  # plain greedy, as the reference
     try:
         engine = exact.engine
         generations = exact.generate(prompts, greedy)
@@ -194,20 +194,22 @@ def test_a_rewrite_does_not_depend_on_the_prompts_batched_with_it(
     assert alone == together
 
 
+@pytest.mark.parametrize("mode", [None, "greedy"], ids=["default settings", "a named mode"])
 def test_the_served_path_gives_the_in_process_rewrites(
-    default_backend: LocalBackend, bpo_val_records: list[dict[str, Any]]
+    default_backend: LocalBackend, bpo_val_records: list[dict[str, Any]], mode: Any
 ) -> None:
     """``bpo serve`` with the default model, through the TGI and OpenAI backends, rewrites the
-    way ``BPOOptimizer()`` does in-process (greedy, with the model's length rule)."""
+    way ``BPOOptimizer()`` does in-process: greedy, and with the model's length rule on both
+    sides also when the caller names a mode (the server applies it to every request)."""
     from bpo_integrations.backends import OpenAIBackend, TGIBackend
     from bpo_integrations.serve import ServeConfig
     from bpo_integrations.serve.server import build_app, serve_in_thread
     from bpo_integrations.testing.servers import hf_inference_online
 
     prompts = [r["instruction"] for r in bpo_val_records[:16]]
-    in_process = BPOOptimizer(default_backend, cache_size=0)
+    in_process = BPOOptimizer(default_backend, mode=mode, cache_size=0)
     settings = in_process.settings
-    assert settings.min_new_tokens_from_prompt and not settings.do_sample
+    assert default_backend.length_rule and not settings.do_sample
     expected = [r.optimized for r in in_process.optimize_batch(prompts)]
     with serve_in_thread(build_app(ServeConfig(max_batch_size=16))) as url, hf_inference_online():
         for backend in (

@@ -320,3 +320,28 @@ def test_a_prompt_utf8_cannot_hold_fails_as_a_backend_error(backend: LocalBacken
     assert result.fell_back and result.optimized == prompt
     assert result.fallback_reason is FallbackReason.BACKEND_ERROR
     assert "surrogate" in result.fallback_detail
+
+
+@pytest.mark.parametrize("length_rule", [True, False])
+def test_the_length_rule_holds_whatever_the_settings(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch, length_rule: bool
+) -> None:
+    """The model's rule, not the mode's: plain greedy settings still ask the engine for at least
+    the prompt's token count plus 5, as ``bpo serve`` does for every request it serves."""
+    assert LocalBackend().length_rule  # on for the default optimizer, without loading it
+    backend = LocalBackend(tiny_llama_dir, template="bpo", length_rule=length_rule)
+    try:
+        engine = backend.engine
+        asked: list[int] = []
+        submit = engine.submit
+
+        def recording_submit(ids, params):  # the real engine, its requests recorded
+            asked.append(params.min_new_tokens)
+            return submit(ids, params)
+
+        monkeypatch.setattr(engine, "submit", recording_submit)
+        backend.generate(PROMPTS[:2], GREEDY)
+        expected = [len(engine.encode(p)) + 5 if length_rule else 0 for p in PROMPTS[:2]]
+        assert asked == [min(n, GREEDY.max_new_tokens) for n in expected]
+    finally:
+        backend.close()
