@@ -30,6 +30,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the OpenAI backends need openai>=1.40: pip install 'bpo-integrations[openai]'"
     ) from error
+# A client loads each API's module on its first use, which took longer than a short latency
+# budget: load them now, with the backend, rather than inside the first request.
+import openai.resources.chat.completions
+import openai.resources.completions
 
 # after the check above, which says how to install openai
 from bpo_integrations.backends.openai_errors import map_openai_error

@@ -117,6 +117,7 @@ def test_guards_never_raise_and_reasons_are_named(
         "answered_instead",
         "invented_content",
         "changed_intent",
+        "repeated_text",
     )
 
 
