@@ -128,9 +128,10 @@ def dev_prompts(bpo_val_records: list[dict]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def in_process(dev_prompts: list[str]) -> list[tuple[str, bool, str | None]]:
-    """The in-process backend's greedy rewrites of the dev split (what bpo serve runs too)."""
+    """The in-process backend's plain greedy rewrites of the dev split: vLLM has no minimum
+    length, so not the default optimizer's length rule, which ``bpo serve`` applies."""
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=MAX_NEW_TOKENS)
-    backend = LocalBackend(precision="f16")  # vLLM runs float weights
+    backend = LocalBackend(precision="f16", length_rule=False)  # vLLM: float, no minimum length
     try:
         optimizer = BPOOptimizer(backend, settings=settings, timeout=3600, cache_size=0)
         results = optimizer.optimize_batch(dev_prompts)

@@ -99,7 +99,7 @@ def test_eval_on_the_vllm_engine_rewrites_as_the_in_process_backend_and_resumes(
     assert again.new_calls == {"optimize": 0, "answer": 0, "judge": 0}
     assert len(optimized(out)) == 5
 
-    backend = LocalBackend(precision="f16")  # vLLM runs float weights
+    backend = LocalBackend(precision="f16", length_rule=False)  # vLLM: float, no minimum length
     try:
         settings = GenerationSettings.for_mode("greedy")
         expected = BPOOptimizer(backend, settings=settings, timeout=3600, cache_size=0)

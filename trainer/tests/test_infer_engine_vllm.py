@@ -58,7 +58,7 @@ def test_the_vllm_engine_rewrites_as_the_in_process_backend_and_resumes(
     rows = sorted(read_jsonl(config.output_file), key=lambda r: r["id"])
 
     settings = GenerationSettings.for_mode("greedy", max_new_tokens=128)
-    backend = LocalBackend(precision="f16")  # vLLM runs float weights
+    backend = LocalBackend(precision="f16", length_rule=False)  # vLLM: float, no minimum length
     try:
         expected = BPOOptimizer(  # infer's rules (Guards()), not the default model's keep rule
             backend, settings=settings, timeout=3600, cache_size=0, guards=Guards()
