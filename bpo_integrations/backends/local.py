@@ -34,6 +34,9 @@ TemplateKind = Literal["auto", "bpo", "chat"]
 
 _INSTALL_HINT = "pip install 'bpo-integrations[local]'"
 
+LENGTH_RULE_MARGIN = 5
+"""Tokens the length rule asks for beyond the prompt's own count."""
+
 
 class LocalBackend(Backend):
     """Runs a BPO model in this process on OpenVINO GenAI (the ``local`` extra).
@@ -112,9 +115,13 @@ class LocalBackend(Backend):
         self.prefix_caching = prefix_caching
         self.kv_cache_gb = kv_cache_gb
         self.device = device.upper()  # OpenVINO names devices in capitals: "CPU", "GPU"
-        default_model = model is None and adapter is None
-        self.length_rule: bool = default_model if length_rule is None else length_rule
+        self.length_rule: bool = self.is_default_model if length_rule is None else length_rule
         self._init_runtime()
+
+    @property
+    def is_default_model(self) -> bool:
+        """Whether this runs the embedded default optimizer (no ``model``, no ``adapter``)."""
+        return self.model_id is None and self.adapter_id is None
 
     def _init_runtime(self) -> None:
         self._load_lock = threading.Lock()
@@ -276,6 +283,11 @@ class LocalBackend(Backend):
         requests = self._submit(texts, settings, min_new_tokens, prompts=None)
         return await self._await(requests, settings)
 
+    def length_rule_minimum(self, prompt: str) -> int:
+        """The new tokens the length rule asks of a rewrite of ``prompt``: as many as it has, plus
+        :data:`LENGTH_RULE_MARGIN` (``bpo serve`` asks the same of a raw BPO-template request)."""
+        return len(self.engine.encode(prompt)) + LENGTH_RULE_MARGIN
+
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` has; safe from any thread."""
         return len(self.engine.encode(text))
@@ -288,14 +300,14 @@ class LocalBackend(Backend):
     def recommended_settings(self) -> GenerationSettings | None:
         """The embedded default model rewrites best greedily, with its length rule (on by
         default: see ``length_rule``), as measured on its dev split (see its model card)."""
-        if self.model_id is None and self.adapter_id is None:
+        if self.is_default_model:
             return GenerationSettings.for_mode("greedy", max_new_tokens=256)
         return None
 
     def recommended_guards(self) -> Guards | None:
         """The embedded default model also gets the keep rule (see
         :data:`~bpo_integrations.guards.DEFAULT_MODEL_GUARDS`)."""
-        if self.model_id is None and self.adapter_id is None:
+        if self.is_default_model:
             from bpo_integrations.guards import DEFAULT_MODEL_GUARDS
 
             return DEFAULT_MODEL_GUARDS
@@ -344,9 +356,9 @@ class LocalBackend(Backend):
                     if min_new_tokens is not None:
                         minimum = min_new_tokens[index]
                     elif prompts is not None:
-                        minimum = len(engine.encode(prompts[index])) + 5
+                        minimum = self.length_rule_minimum(prompts[index])
                     else:
-                        minimum = len(ids) + 5
+                        minimum = len(ids) + LENGTH_RULE_MARGIN
             except (RuntimeError, ValueError) as error:  # the tokenizer refusing the text
                 raise BackendError(f"the tokenizer cannot encode the prompt: {error}") from error
             requests.append(engine.submit(ids, _sampling(settings, minimum)))

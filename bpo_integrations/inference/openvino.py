@@ -305,15 +305,18 @@ class OpenVINOTokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """The token ids of ``text``; :class:`ValueError` for a text UTF-8 cannot hold (a lone
-        surrogate), which the tokenizer's binding would refuse with an unrelated ``TypeError``."""
+        surrogate), which the tokenizer's binding refuses with an unrelated ``TypeError``."""
         try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise ValueError(
-                f"the text is not valid Unicode: {error.reason} at character {error.start}"
-            ) from None
-        with self._lock:
-            encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            with self._lock:
+                encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        except TypeError:
+            try:  # checked only on failure: the texts that encode pay nothing for it
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"the text is not valid Unicode: {error.reason} at character {error.start}"
+                ) from None
+            raise
         return [int(i) for i in encoded.input_ids.data[0]]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:

@@ -252,7 +252,7 @@ class Engine:
             inner = prompt.text[len(_BPO_PREFIX) :]
             if inner.endswith(_BPO_SUFFIX):
                 inner = inner[: -len(_BPO_SUFFIX)]
-                minimum = min(len(self.model.encode(inner)) + 5, params.max_new_tokens)
+                minimum = min(self.backend.length_rule_minimum(inner), params.max_new_tokens)
         sampling = params.do_sample
         return self.model.submit(
             prompt.ids,
